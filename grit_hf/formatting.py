@@ -1,0 +1,117 @@
+"""Turning texts into model inputs: input checks, the embedding prefixes, tokenization, padding and chat prompts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+__all__ = [
+    "check_texts",
+    "count_prefix_tokens",
+    "tokenize_with_prefix",
+    "pad_right",
+    "pad_token_id",
+    "apply_chat_template",
+]
+
+
+def check_texts(sentences: str | Sequence[str], name: str = "sentences") -> tuple[list[str], bool]:
+    """Return `(texts, was_single_string)`; raise `TypeError` naming the first item that is not a `str`."""
+    if isinstance(sentences, str):
+        return [sentences], True
+    if not isinstance(sentences, Sequence) or isinstance(sentences, (bytes, bytearray)):
+        raise TypeError(f"`{name}` must be a str or a list of str, got {type(sentences).__name__}.")
+    for index, text in enumerate(sentences):
+        if not isinstance(text, str):
+            raise TypeError(f"`{name}[{index}]` must be a str, got {type(text).__name__}: {text!r:.50}.")
+    return list(sentences), False
+
+
+def count_prefix_tokens(tokenizer: PreTrainedTokenizerBase, prefix: str) -> int:
+    """How many leading tokens of `prefix + text` belong to the prefix (BOS included), as the reference counts them:
+    the length of the prefix tokenized alone with the tokenizer's special tokens, less a trailing EOS."""
+    ids = tokenizer(prefix, add_special_tokens=True)["input_ids"]
+    if ids and prefix and ids[-1] == tokenizer.eos_token_id and tokenizer.eos_token_id != tokenizer.bos_token_id:
+        ids = ids[:-1]
+    return len(ids)
+
+
+_warned_truncation = False
+
+
+def tokenize_with_prefix(
+    tokenizer: PreTrainedTokenizerBase, prefix: str, texts: list[str], max_length: int
+) -> tuple[list[list[int]], int]:
+    """Tokenize `prefix + text` for each text (special tokens added, truncated to `max_length`).
+
+    Returns the token ids of each text and the number of prefix tokens. Raises `ValueError` if the prefix leaves no
+    room for text; warns once if a text is truncated.
+    """
+    global _warned_truncation
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
+        raise ValueError(f"`max_length` must be a positive int, got {max_length!r}.")
+    prefix_length = count_prefix_tokens(tokenizer, prefix)
+    if prefix_length >= max_length:
+        raise ValueError(
+            f"The instruction and format take {prefix_length} tokens, leaving no room for text within "
+            f"`max_length`={max_length}. Shorten the instruction or raise `max_length`."
+        )
+    if not texts:
+        return [], prefix_length
+    ids = tokenizer([prefix + text for text in texts], add_special_tokens=True)["input_ids"]
+    too_long = [i for i, row in enumerate(ids) if len(row) > max_length]
+    if too_long:
+        if not _warned_truncation:
+            logger.warning(
+                f"{len(too_long)} text(s) are longer than `max_length`={max_length} tokens and were truncated "
+                "(this warning is shown once)."
+            )
+            _warned_truncation = True
+        truncated = tokenizer(
+            [prefix + texts[i] for i in too_long], add_special_tokens=True, truncation=True, max_length=max_length
+        )["input_ids"]
+        for i, row in zip(too_long, truncated):
+            ids[i] = row
+    return ids, prefix_length
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The pad id: the tokenizer's pad token, else its EOS token, else 0 (padding is always masked out)."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return int(token_id)
+    return 0
+
+
+def pad_right(rows: list[list[int]], pad_id: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token id lists into `(input_ids, attention_mask)` tensors."""
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, : len(row)] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+def apply_chat_template(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: str | list[dict[str, str]],
+    fallback_template: str | None = None,
+    add_generation_prompt: bool = True,
+) -> str:
+    """Render chat `messages` (or a single user prompt) with the tokenizer's chat template, or `fallback_template`
+    when the tokenizer has none."""
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    template = tokenizer.chat_template or fallback_template
+    if template is None:
+        raise ValueError("The tokenizer has no chat template and the config sets no `chat_template`.")
+    return tokenizer.apply_chat_template(
+        messages, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
+    )

@@ -1,0 +1,260 @@
+"""GRIT models: one decoder that embeds (bidirectional attention, pooled text tokens) and generates (causal)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoModel, AutoTokenizer, GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.configuration_utils import PreTrainedConfig
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import logging
+
+from .cache.states import KVStates, split_batch_cache
+from .configuration_gritlm import GritLMConfig
+from .formatting import check_texts, pad_right, pad_token_id, tokenize_with_prefix
+from .pooling import pool, text_token_mask
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["GritLMPreTrainedModel", "GritLMModel", "GritLMForCausalLM", "load_grit_config"]
+
+
+def load_grit_config(path: str | os.PathLike, **kwargs) -> GritLMConfig:
+    """Read the config of a GRIT checkpoint, or wrap the config of a stock decoder checkpoint into a `GritLMConfig`.
+
+    Only `config.json` is read: no code from `path` is run, and an `auto_map` (e.g. GritLM/GritLM-7B's) is ignored.
+    """
+    from transformers import AutoConfig
+
+    config_dict, _ = PreTrainedConfig.get_config_dict(str(path), **kwargs)
+    model_type = config_dict.get("model_type")
+    if model_type == GritLMConfig.model_type:
+        return GritLMConfig.from_pretrained(str(path), **kwargs)
+    if model_type is None:
+        raise ValueError(f"{path}/config.json has no `model_type`; cannot tell which decoder it holds.")
+    config_dict = {k: v for k, v in config_dict.items() if k not in ("auto_map", "architectures", "model_type")}
+    try:
+        text_config = AutoConfig.for_model(model_type, **config_dict)
+    except ValueError as error:
+        raise ValueError(f"{path} holds a `{model_type}` model, which transformers does not know: {error}") from None
+    return GritLMConfig(text_config=text_config)
+
+
+class GritLMPreTrainedModel(PreTrainedModel):
+    """A decoder plus its LM head, with `encode()`. Weights keep the stock layout (`model.*`, `lm_head.*`), so the
+    same files load into the base architecture's own `*ForCausalLM`."""
+
+    config: GritLMConfig
+    config_class = GritLMConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+
+    def __init__(self, config: GritLMConfig):
+        super().__init__(config)
+        self.model = AutoModel.from_config(config.text_config)
+        self._no_split_modules = list(getattr(self.model, "_no_split_modules", None) or [])
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self._tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        self.model._init_weights(module)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
+        """Load a GRIT checkpoint, or a stock decoder checkpoint of any family as a GRIT model (no remote code)."""
+        if config is None and pretrained_model_name_or_path is not None:
+            config_kwargs = {k: kwargs[k] for k in ("revision", "subfolder", "cache_dir", "token") if k in kwargs}
+            config = load_grit_config(pretrained_model_name_or_path, **config_kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+
+    # -- tokenizer ---------------------------------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The tokenizer saved with the checkpoint, loaded on first use (or set one with `model.tokenizer = tok`)."""
+        if self._tokenizer is None:
+            if not self.name_or_path:
+                raise ValueError("This model was not loaded from a folder: set `model.tokenizer = tokenizer` first.")
+            self._tokenizer = AutoTokenizer.from_pretrained(self.name_or_path)
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        if not isinstance(tokenizer, PreTrainedTokenizerBase):
+            raise TypeError(f"`tokenizer` must be a transformers tokenizer, got {type(tokenizer).__name__}.")
+        self._tokenizer = tokenizer
+
+    # -- embedding ---------------------------------------------------------------------------------------------------
+    def embedding_forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, is_causal: bool | None = None, **kwargs
+    ) -> BaseModelOutputWithPast:
+        """Run the decoder in embedding mode (bidirectional unless the config or `is_causal` says causal)."""
+        if is_causal is None:
+            is_causal = self.config.is_causal_embedding
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, is_causal=is_causal, **kwargs)
+
+    def pool(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, prefix_lengths) -> torch.Tensor:
+        """Pool (fp32) over the text tokens and normalise as the config says."""
+        embeddings = pool(hidden_states, text_token_mask(attention_mask, prefix_lengths), self.config.pooling_method)
+        if self.config.normalize:
+            embeddings = nn.functional.normalize(embeddings, dim=-1)
+        return embeddings
+
+    @torch.inference_mode()
+    def encode(
+        self,
+        sentences: str | Sequence[str],
+        instruction: str = "",
+        batch_size: int = 32,
+        max_length: int = 512,
+        normalize: bool | None = None,
+        convert_to_tensor: bool = False,
+        show_progress_bar: bool | None = None,
+        return_states: bool = False,
+        is_causal: bool | None = None,
+    ) -> np.ndarray | torch.Tensor | tuple[np.ndarray | torch.Tensor, list[KVStates]]:
+        """Embed texts the GRIT way.
+
+        Each text is formatted with the checkpoint's template (`query_template` with `instruction`, or
+        `document_template` when `instruction` is empty), run through the decoder with bidirectional attention, and
+        mean-pooled in fp32 over its text tokens only (BOS, format and instruction tokens excluded), then L2-normalised.
+
+        Args:
+            sentences: a text or a list of texts.
+            instruction: the plain task instruction, e.g. "Given a question, retrieve passages that answer it".
+            batch_size: texts per forward pass (batches are sorted by length; the output keeps the input order).
+            max_length: tokens per text, prefix included; longer texts are truncated (with a one-time warning).
+            normalize: L2-normalise (defaults to the config's `normalize`).
+            convert_to_tensor: return a float32 `torch.Tensor` on the model's device instead of a numpy array.
+            show_progress_bar: show a tqdm bar; `None` shows it when the logger is at INFO or DEBUG.
+            return_states: also return one `KVStates` per text (its key/value states from this same pass).
+            is_causal: override the config's embedding attention for this call.
+
+        Returns:
+            `(n, dim)` float32 embeddings (`(dim,)` for a single string), and the list of `KVStates` if
+            `return_states`. The empty text has no text tokens and embeds as the zero vector.
+
+        Example:
+
+        ```python
+        >>> model.encode(["The capital of France is Paris."], instruction="Retrieve relevant facts").shape
+        (1, 576)
+        ```
+        """
+        texts, single = check_texts(sentences)
+        if not isinstance(instruction, str):
+            raise TypeError(f"`instruction` must be a str, got {type(instruction).__name__}.")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+        normalize = self.config.normalize if normalize is None else normalize
+        if show_progress_bar is None:
+            show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
+
+        tokenizer = self.tokenizer
+        token_ids, prefix_length = tokenize_with_prefix(
+            tokenizer, self.config.format_query_prefix(instruction), texts, max_length
+        )
+        dim = self.config.text_config.hidden_size
+        embeddings = torch.empty((len(texts), dim), dtype=torch.float32, device=self.device)
+        states: list[KVStates | None] = [None] * len(texts)
+        order = sorted(range(len(texts)), key=lambda i: -len(token_ids[i]))
+        pad_id = pad_token_id(tokenizer)
+        causal = self.config.is_causal_embedding if is_causal is None else is_causal
+        for start in tqdm(
+            range(0, len(order), batch_size), desc="Embedding", unit="batch", disable=not show_progress_bar
+        ):
+            rows = order[start : start + batch_size]
+            input_ids, attention_mask = pad_right([token_ids[i] for i in rows], pad_id, self.device)
+            outputs = self.embedding_forward(input_ids, attention_mask, is_causal=causal, use_cache=return_states)
+            pooled = pool(
+                outputs.last_hidden_state, text_token_mask(attention_mask, prefix_length), self.config.pooling_method
+            )
+            if normalize:
+                pooled = nn.functional.normalize(pooled, dim=-1)
+            embeddings[rows] = pooled
+            if return_states:
+                lengths = [len(token_ids[i]) for i in rows]
+                for row, kv in zip(rows, split_batch_cache(outputs.past_key_values, input_ids, lengths, causal)):
+                    states[row] = kv
+
+        result = embeddings if convert_to_tensor else embeddings.cpu().numpy()
+        if single:
+            result = result[0]
+        if return_states:
+            return result, (states[0] if single else states)
+        return result
+
+
+class GritLMModel(GritLMPreTrainedModel):
+    """The embedding-first entry point (`AutoModel`): `forward` runs the decoder with the embedding attention
+    (bidirectional by default) and returns fp32 hidden states, ready for fp32 pooling (e.g. sentence-transformers'
+    `Pooling`). The LM head is kept, so saving this model keeps a checkpoint that still generates."""
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        is_causal: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        kwargs.pop("token_type_ids", None)
+        outputs = self.embedding_forward(input_ids, attention_mask, is_causal=is_causal, **kwargs)
+        outputs.last_hidden_state = outputs.last_hidden_state.float()
+        return outputs
+
+
+class GritLMForCausalLM(GritLMPreTrainedModel, GenerationMixin):
+    """The generative entry point (`AutoModelForCausalLM`): `forward` is the base decoder's causal LM forward, so
+    `generate()` matches the base model token for token; `encode()` embeds with the same weights."""
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        is_causal: bool | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        if is_causal is not None:
+            kwargs["is_causal"] = is_causal
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, slice_indices, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
