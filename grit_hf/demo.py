@@ -43,7 +43,9 @@ def run_demo(model: str = "default", question: str | None = None, show_progress_
     path = resolve_model_path(model)
     started = _step(f"model checkpoint ready at {path}", started)
     grit = GritLMForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    started = _step(f"loaded {grit.config.text_config.model_type} model ({grit.num_parameters() / 1e6:.0f}M params)", started)
+    started = _step(
+        f"loaded {grit.config.text_config.model_type} model ({grit.num_parameters() / 1e6:.0f}M params)", started
+    )
 
     documents = load_demo_documents()
     rag = GritRAG(grit, query_instruction=INSTRUCTION, show_progress_bar=show_progress_bar)

@@ -37,6 +37,8 @@ def pool(hidden_states: torch.Tensor, pooling_mask: torch.Tensor, method: str = 
     if method == "weightedmean":
         mask = mask * mask.cumsum(dim=1)
     elif method != "mean":
-        raise ValueError(f"Invalid pooling method: {method!r}. Valid pooling methods are: mean, weightedmean, lasttoken.")
+        raise ValueError(
+            f"Invalid pooling method: {method!r}. Valid pooling methods are: mean, weightedmean, lasttoken."
+        )
     summed = torch.einsum("bsd,bs->bd", hidden_states, mask)
     return summed / mask.sum(dim=1, keepdim=True).clamp(min=1e-9)

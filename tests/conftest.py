@@ -10,8 +10,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `from tiny import ..
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import grit_hf  # noqa: E402,F401  (registers the model type)
 from tiny import make_stock_checkpoint  # noqa: E402
+
+import grit_hf  # noqa: E402,F401  (registers the model type)
 
 
 @pytest.fixture(scope="session")

@@ -33,13 +33,28 @@ def test_embed_to_npy_and_jsonl(grit_checkpoint, tmp_path):
     expected = model.encode(texts, instruction="Find it")
 
     npy = tmp_path / "out.npy"
-    assert main(["embed", str(source), "-o", str(npy), "--model", str(grit_checkpoint("llama")),
-                 "--instruction", "Find it", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                str(source),
+                "-o",
+                str(npy),
+                "--model",
+                str(grit_checkpoint("llama")),
+                "--instruction",
+                "Find it",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert np.abs(np.load(npy) - expected).max() <= 1e-6
 
     jsonl = tmp_path / "out.jsonl"
-    main(["embed", str(source), "-o", str(jsonl), "--model", str(grit_checkpoint("llama")), "--instruction",
-          "Find it"])
+    main(
+        ["embed", str(source), "-o", str(jsonl), "--model", str(grit_checkpoint("llama")), "--instruction", "Find it"]
+    )
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert [r["text"] for r in rows] == texts
     assert np.abs(np.array([r["embedding"] for r in rows]) - expected).max() <= 1e-6
@@ -50,8 +65,9 @@ def test_generate_prints_the_greedy_answer(grit_checkpoint, capsys):
 
     model = GritLMForCausalLM.from_pretrained(grit_checkpoint("llama"))
     expected = chat(model, "Where is Paris?", max_new_tokens=8)
-    assert main(["generate", "Where is Paris?", "--model", str(grit_checkpoint("llama")),
-                 "--max-new-tokens", "8"]) == 0
+    assert (
+        main(["generate", "Where is Paris?", "--model", str(grit_checkpoint("llama")), "--max-new-tokens", "8"]) == 0
+    )
     assert capsys.readouterr().out.strip() == expected
 
 

@@ -57,6 +57,9 @@ def test_stock_config_class_still_reads_the_decoder(tmp_path):
 
 
 def test_tied_embeddings_follow_the_decoder():
-    config = GritLMConfig(text_config=LlamaConfig(tie_word_embeddings=True, hidden_size=32, num_hidden_layers=1,
-                                                  num_attention_heads=2, intermediate_size=64))
+    config = GritLMConfig(
+        text_config=LlamaConfig(
+            tie_word_embeddings=True, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+        )
+    )
     assert config.tie_word_embeddings

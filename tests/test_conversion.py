@@ -39,8 +39,10 @@ def test_gritlm_7b_layout_converts_without_running_its_code(stock_checkpoint, tm
     shutil.copytree(stock_checkpoint("mistral"), source)
     config = json.loads((source / "config.json").read_text())
     config["architectures"] = ["MistralForCausalLM"]
-    config["auto_map"] = {"AutoModel": "modeling_gritlm7b.MistralModel",
-                          "AutoModelForCausalLM": "modeling_gritlm7b.MistralForCausalLM"}
+    config["auto_map"] = {
+        "AutoModel": "modeling_gritlm7b.MistralModel",
+        "AutoModelForCausalLM": "modeling_gritlm7b.MistralForCausalLM",
+    }
     (source / "config.json").write_text(json.dumps(config))
     marker = tmp_path / "code-was-run"
     (source / "modeling_gritlm7b.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nraise SystemExit(1)\n")
@@ -102,6 +104,7 @@ def test_unknown_model_type_is_a_clear_error(stock_checkpoint, tmp_path):
 
 def test_checkpoint_gets_a_chat_template(grit_checkpoint):
     model = GritLMForCausalLM.from_pretrained(grit_checkpoint("llama"))
-    prompt = model.tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
-                                                 add_generation_prompt=True)
+    prompt = model.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert prompt == "<s><|user|>\nHi\n<|assistant|>\n"

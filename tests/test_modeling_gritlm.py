@@ -5,11 +5,11 @@ import logging
 import numpy as np
 import pytest
 import torch
+from tiny import FAMILIES
 from torch.testing import assert_close
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from grit_hf import GritLMConfig, GritLMForCausalLM, GritLMModel
-from tiny import FAMILIES
 
 TEXTS = [
     "The capital of France is Paris.",
@@ -127,7 +127,9 @@ def test_return_states_are_the_texts_own(grit_checkpoint):
         alone, (single_state,) = model.encode([text], return_states=True)
         assert np.abs(alone[0] - embedding).max() <= 1e-5
         assert torch.equal(state.input_ids, single_state.input_ids)
-        assert state.cache.get_seq_length() == state.num_tokens == len(model.tokenizer("<|embed|>\n" + text)["input_ids"])
+        assert (
+            state.cache.get_seq_length() == state.num_tokens == len(model.tokenizer("<|embed|>\n" + text)["input_ids"])
+        )
         for (k, v), (k1, v1) in zip(state.layers(), single_state.layers()):
             assert k.shape == k1.shape and k.shape[0] == 1
             assert_close(k, k1, rtol=0, atol=1e-5)
@@ -140,7 +142,10 @@ def test_eager_and_sdpa_agree(grit_checkpoint):
     sdpa = GritLMForCausalLM.from_pretrained(path, attn_implementation="sdpa")
     eager = GritLMForCausalLM.from_pretrained(path, attn_implementation="eager")
     assert eager.model.config._attn_implementation == "eager"
-    assert np.abs(sdpa.encode(TEXTS, instruction=INSTRUCTION) - eager.encode(TEXTS, instruction=INSTRUCTION)).max() <= 1e-5
+    assert (
+        np.abs(sdpa.encode(TEXTS, instruction=INSTRUCTION) - eager.encode(TEXTS, instruction=INSTRUCTION)).max()
+        <= 1e-5
+    )
 
 
 def test_bf16_pools_in_fp32(grit_checkpoint):
@@ -222,9 +227,13 @@ def test_progress_bar_can_be_shown_and_hidden(llama, capsys):
 def test_model_without_folder_needs_a_tokenizer():
     from transformers import LlamaConfig
 
-    model = GritLMForCausalLM(GritLMConfig(text_config=LlamaConfig(hidden_size=32, num_hidden_layers=1,
-                                                                    num_attention_heads=2, intermediate_size=64,
-                                                                    vocab_size=50)))
+    model = GritLMForCausalLM(
+        GritLMConfig(
+            text_config=LlamaConfig(
+                hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=50
+            )
+        )
+    )
     with pytest.raises(ValueError, match="set `model.tokenizer"):
         model.encode("a")
     with pytest.raises(TypeError, match="`tokenizer` must be"):
