@@ -21,7 +21,11 @@ from .pooling import pool, text_token_mask
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["GritLMPreTrainedModel", "GritLMModel", "GritLMForCausalLM", "load_grit_config"]
+__all__ = ["GritLMPreTrainedModel", "GritLMModel", "GritLMForCausalLM", "load_grit_config", "SAVE_PRETRAINED_HOOKS"]
+
+# Functions `(save_directory, model) -> None` run after every `save_pretrained` of a GRIT model on the main process
+# (e.g. `grit_hf.sentence_transformers` keeps its remote-code shim next to the weights). grit_hf modules append to it.
+SAVE_PRETRAINED_HOOKS: list = []
 
 
 def load_grit_config(path: str | os.PathLike, **kwargs) -> GritLMConfig:
@@ -79,6 +83,14 @@ class GritLMPreTrainedModel(PreTrainedModel):
             config_kwargs = {k: kwargs[k] for k in ("revision", "subfolder", "cache_dir", "token") if k in kwargs}
             config = load_grit_config(pretrained_model_name_or_path, **config_kwargs)
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, then every function in `SAVE_PRETRAINED_HOOKS` (main process only)."""
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            for hook in SAVE_PRETRAINED_HOOKS:
+                hook(save_directory, self)
+        return result
 
     # -- tokenizer ---------------------------------------------------------------------------------------------------
     @property
