@@ -17,6 +17,8 @@ AutoConfig.register(GritLMConfig.model_type, GritLMConfig, exist_ok=True)
 AutoModel.register(GritLMConfig, GritLMModel, exist_ok=True)
 AutoModelForCausalLM.register(GritLMConfig, GritLMForCausalLM, exist_ok=True)
 
+from . import sentence_transformers as _sentence_transformers  # noqa: E402,F401  (writes ST files on every save)
+
 __all__ = [
     "GritLMConfig",
     "GritLMModel",

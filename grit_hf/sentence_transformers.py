@@ -1,0 +1,299 @@
+"""Every GRIT checkpoint is also a sentence-transformers model.
+
+After a GRIT checkpoint is saved (`save_grit_checkpoint`, `convert_checkpoint`, the default model), the writer
+registered here adds the files sentence-transformers reads. They name only stock modules:
+
+- `modules.json`: `Transformer` (the registered GRIT `AutoModel`, whose forward is bidirectional and returns fp32
+  hidden states) -> `Pooling("mean", include_prompt=False)` (mean over the text tokens only) -> `Normalize`;
+- `sentence_bert_config.json`: a text-only modality config (the tokenizer's chat template is for generation; through
+  it ST would render texts as chat messages and could not exclude the prompt from pooling) and `max_seq_length`;
+- `config_sentence_transformers.json`: prompts built from the checkpoint's own templates (`query` = the default
+  retrieval instruction, `document` = the no-instruction format, a few named tasks), cosine similarity, and
+  `default_prompt_name="document"` so that a plain `encode` matches `model.encode(texts)`;
+- `gritlm_shim.py` plus an `auto_map` in `config.json`, so that a process that never imported grit_hf can load the
+  folder with `trust_remote_code=True` (sentence-transformers, `AutoModel`, `AutoModelForCausalLM`). The shim only
+  imports grit_hf (which must be installed); no model code is copied.
+
+The weights and the LM head are untouched: the same folder still generates with `AutoModelForCausalLM`.
+
+Example:
+
+```python
+>>> import grit_hf
+>>> from sentence_transformers import SentenceTransformer
+>>> st = SentenceTransformer("path/to/grit-checkpoint")
+>>> st.encode_query(["how do I change a file's group?"]).shape, st.encode_document(["chgrp changes ..."]).shape
+((1, 576), (1, 576))
+```
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from transformers.utils import logging
+
+from .configuration_gritlm import GritLMConfig
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from .modeling_gritlm import GritLMPreTrainedModel
+
+logger = logging.get_logger(__name__)
+
+__all__ = [
+    "TASK_INSTRUCTIONS",
+    "SHIM_MODULE",
+    "add_sentence_transformers_files",
+    "write_remote_code_shim",
+    "sentence_transformers_prompts",
+    "grit_prompt",
+    "load_sentence_transformer",
+]
+
+SHIM_MODULE = "gritlm_shim"
+SHIM_AUTO_MAP = {
+    "AutoConfig": f"{SHIM_MODULE}.GritLMConfig",
+    "AutoModel": f"{SHIM_MODULE}.GritLMModel",
+    "AutoModelForCausalLM": f"{SHIM_MODULE}.GritLMForCausalLM",
+}
+# Subclasses, not re-exports: transformers tags a class loaded as remote code with `register_for_auto_class`, and a
+# tagged class's *module file* is copied next to every later save. Tagging grit_hf's own classes would copy grit_hf
+# source files into checkpoints; tagging these empty subclasses copies only this shim.
+SHIM_SOURCE = '''"""Remote-code shim written by grit-hf: lets `trust_remote_code=True` load this GRIT checkpoint in a process that
+never imported grit_hf. It only imports the installed package (`pip install grit-hf`); no model code lives here."""
+
+import grit_hf
+
+
+class GritLMConfig(grit_hf.GritLMConfig):
+    pass
+
+
+class GritLMModel(grit_hf.GritLMModel):
+    pass
+
+
+class GritLMForCausalLM(grit_hf.GritLMForCausalLM):
+    pass
+'''
+
+# Named prompts besides `query`/`document`, in the style of GritLM's evaluation instructions (domain, intent, unit).
+TASK_INSTRUCTIONS: dict[str, str] = {
+    "web_search_query": "Given a web search query, retrieve relevant passages that answer the query",
+    "duplicate_question": "Given a question, retrieve questions that are semantically equivalent to the given question",
+    "fact_checking": "Given a claim, retrieve documents that support or refute the claim",
+    "sts": "Retrieve semantically similar text",
+    "bitext_mining": "Retrieve parallel sentences",
+    "clustering": "Identify the topic or theme of the given text",
+}
+
+_TEXT_MODALITY = {"text": {"method": "forward", "method_output_name": "last_hidden_state"}}
+
+
+def grit_prompt(config: GritLMConfig | GritLMPreTrainedModel, instruction: str = "") -> str:
+    """The sentence-transformers `prompt` that equals `model.encode(..., instruction=instruction)`: the checkpoint's
+    query template around `instruction`, or its document template when `instruction` is empty."""
+    config = getattr(config, "config", config)
+    if not isinstance(config, GritLMConfig):
+        raise TypeError(f"`config` must be a GritLMConfig or a GRIT model, got {type(config).__name__}.")
+    if not isinstance(instruction, str):
+        raise TypeError(f"`instruction` must be a str, got {type(instruction).__name__}.")
+    return config.format_query_prefix(instruction)
+
+
+def sentence_transformers_prompts(
+    config: GritLMConfig, task_instructions: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The `prompts` of `config_sentence_transformers.json`: `query`, `document` and one per named task."""
+    task_instructions = TASK_INSTRUCTIONS if task_instructions is None else task_instructions
+    if not isinstance(task_instructions, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v for k, v in task_instructions.items()
+    ):
+        raise TypeError("`task_instructions` must be a dict of prompt names to non-empty instruction strings.")
+    prompts = {"query": grit_prompt(config, config.default_query_instruction), "document": grit_prompt(config)}
+    for name, instruction in task_instructions.items():
+        if name in prompts:
+            raise ValueError(f"`task_instructions` must not redefine the {name!r} prompt.")
+        prompts[name] = grit_prompt(config, instruction)
+    return prompts
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for key, distribution in (("sentence_transformers", "sentence-transformers"), ("transformers", "transformers")):
+        try:
+            versions[key] = importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    try:
+        versions["pytorch"] = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return versions
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def write_remote_code_shim(output_dir: str | os.PathLike) -> None:
+    """Write `gritlm_shim.py` into a saved GRIT checkpoint and point `config.json`'s `auto_map` at it (idempotent)."""
+    output_dir = Path(output_dir)
+    config_path = output_dir / "config.json"
+    if not config_path.is_file():
+        raise ValueError(f"`output_dir` must hold a saved GRIT checkpoint (config.json), got {str(output_dir)!r}.")
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if config.get("model_type") != GritLMConfig.model_type:
+        raise ValueError(
+            f"{output_dir} holds a {config.get('model_type')!r} checkpoint, not a GRIT one; convert it first with "
+            "`grit_hf.conversion.convert_checkpoint`."
+        )
+    shim_path = output_dir / f"{SHIM_MODULE}.py"
+    if not shim_path.is_file() or shim_path.read_text(encoding="utf-8") != SHIM_SOURCE:
+        shim_path.write_text(SHIM_SOURCE, encoding="utf-8")
+    auto_map = dict(config.get("auto_map") or {})
+    if any(auto_map.get(key) != value for key, value in SHIM_AUTO_MAP.items()):
+        auto_map.update(SHIM_AUTO_MAP)
+        config["auto_map"] = auto_map
+        _write_json(config_path, config)
+
+
+def add_sentence_transformers_files(
+    output_dir: str | os.PathLike,
+    config: GritLMConfig | None = None,
+    *,
+    task_instructions: dict[str, str] | None = None,
+    max_seq_length: int | None = 512,
+) -> Path:
+    """Make a saved GRIT checkpoint folder a sentence-transformers model (and loadable with `trust_remote_code`).
+
+    Use it on folders saved before this writer existed; `save_grit_checkpoint` runs it on every new checkpoint.
+
+    Args:
+        output_dir: a GRIT checkpoint folder (`config.json` with `model_type="gritlm"`).
+        config: its `GritLMConfig` (read from `output_dir` when `None`).
+        task_instructions: named prompts besides `query`/`document` (default: `TASK_INSTRUCTIONS`).
+        max_seq_length: tokens per text in sentence-transformers, prompt included (512 like `model.encode`;
+            `None` keeps the tokenizer's limit).
+
+    Returns:
+        `output_dir` as a `Path`.
+    """
+    output_dir = Path(output_dir)
+    write_remote_code_shim(output_dir)
+    if config is None:
+        config = GritLMConfig.from_pretrained(output_dir)
+    if not isinstance(config, GritLMConfig):
+        raise TypeError(f"`config` must be a GritLMConfig, got {type(config).__name__}.")
+    if max_seq_length is not None and (
+        not isinstance(max_seq_length, int) or isinstance(max_seq_length, bool) or max_seq_length < 1
+    ):
+        raise ValueError(f"`max_seq_length` must be a positive int or None, got {max_seq_length!r}.")
+    if config.pooling_method == "weightedmean":
+        # ST's weightedmean counts positions from the first token, GRIT's from the first text token.
+        logger.warning(
+            f"Not writing sentence-transformers files to {output_dir}: its `pooling_method='weightedmean'` has no "
+            "exact sentence-transformers equivalent. Use `model.encode` for this checkpoint."
+        )
+        return output_dir
+
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.sentence_transformer.modules.pooling.Pooling",
+        },
+    ]
+    if config.normalize:
+        modules.append(
+            {
+                "idx": 2,
+                "name": "2",
+                "path": "2_Normalize",
+                "type": "sentence_transformers.base.modules.normalize.Normalize",
+            }
+        )
+        _write_json(
+            output_dir / "2_Normalize" / "config.json",
+            {"module_input_name": "sentence_embedding", "module_output_name": "sentence_embedding"},
+        )
+    _write_json(output_dir / "modules.json", modules)
+    transformer_config: dict[str, Any] = {
+        "transformer_task": "feature-extraction",
+        "modality_config": _TEXT_MODALITY,
+        "module_output_name": "token_embeddings",
+    }
+    if max_seq_length is not None:
+        transformer_config["max_seq_length"] = max_seq_length
+    _write_json(output_dir / "sentence_bert_config.json", transformer_config)
+    _write_json(
+        output_dir / "1_Pooling" / "config.json",
+        {
+            "embedding_dimension": config.text_config.hidden_size,
+            "pooling_mode": config.pooling_method,
+            "include_prompt": False,
+        },
+    )
+    _write_json(
+        output_dir / "config_sentence_transformers.json",
+        {
+            "__version__": _versions(),
+            "model_type": "SentenceTransformer",
+            "prompts": sentence_transformers_prompts(config, task_instructions),
+            "default_prompt_name": "document",
+            "similarity_fn_name": "cosine",
+        },
+    )
+    return output_dir
+
+
+def load_sentence_transformer(model: str | os.PathLike = "default", **kwargs) -> SentenceTransformer:
+    """`SentenceTransformer` over a GRIT checkpoint folder (`"default"`: the default model), adding the
+    sentence-transformers files first if the folder lacks them. `kwargs` go to `SentenceTransformer`."""
+    from sentence_transformers import SentenceTransformer
+
+    from .default_model import resolve_model_path
+
+    path = Path(resolve_model_path(model))
+    if not (path / "modules.json").is_file():
+        add_sentence_transformers_files(path)
+    return SentenceTransformer(str(path), **kwargs)
+
+
+def _checkpoint_writer(output_dir: str | os.PathLike, model: GritLMPreTrainedModel, tokenizer: Any) -> None:
+    add_sentence_transformers_files(output_dir, model.config)
+
+
+def _save_pretrained_hook(save_directory: str | os.PathLike, model: GritLMPreTrainedModel) -> None:
+    """Keep the shim next to the weights, and keep a folder saved from the embedding class (e.g. by
+    `SentenceTransformer.save`, which also turns `use_cache` off) generating with its KV cache."""
+    write_remote_code_shim(save_directory)
+    generation_config_path = Path(save_directory) / "generation_config.json"
+    if not generation_config_path.is_file():
+        from transformers import GenerationConfig
+
+        generation_config = GenerationConfig.from_model_config(model.config)
+        generation_config.use_cache = True
+        generation_config.save_pretrained(save_directory)
+
+
+def _register() -> None:
+    from . import conversion, modeling_gritlm
+
+    if _checkpoint_writer not in conversion.CHECKPOINT_WRITERS:
+        conversion.CHECKPOINT_WRITERS.append(_checkpoint_writer)
+    hooks = getattr(modeling_gritlm, "SAVE_PRETRAINED_HOOKS", None)
+    if hooks is not None and _save_pretrained_hook not in hooks:
+        hooks.append(_save_pretrained_hook)
+
+
+_register()
