@@ -138,9 +138,16 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _write_json(path: Path, data: Any) -> None:
+def _write_text(path: Path, text: str) -> None:
+    """Write atomically, so a process loading the folder at the same time never reads half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    staging.write_text(text, encoding="utf-8")
+    os.replace(staging, path)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    _write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def write_remote_code_shim(output_dir: str | os.PathLike) -> None:
@@ -157,7 +164,7 @@ def write_remote_code_shim(output_dir: str | os.PathLike) -> None:
         )
     shim_path = output_dir / f"{SHIM_MODULE}.py"
     if not shim_path.is_file() or shim_path.read_text(encoding="utf-8") != SHIM_SOURCE:
-        shim_path.write_text(SHIM_SOURCE, encoding="utf-8")
+        _write_text(shim_path, SHIM_SOURCE)
     auto_map = dict(config.get("auto_map") or {})
     if any(auto_map.get(key) != value for key, value in SHIM_AUTO_MAP.items()):
         auto_map.update(SHIM_AUTO_MAP)
