@@ -198,9 +198,8 @@ class SegmentGenerationMixin:
             else:
                 end = len(part.ids) if part.end is None else part.end
                 count = end - part.start
-                layers = part.states.layers()
-                if end < part.states.num_tokens:  # the last token is re-run as text
-                    layers = [(k[..., :end, :], v[..., :end, :]) for k, v in layers]
+                device = self.model.device
+                layers = [(k[..., :end, :].to(device), v[..., :end, :].to(device)) for k, v in part.states.layers()]
                 pending_states.append(shift_layers(layers, position - part.start, self._rotary, start=part.start))
                 position += count
                 cache_read += count
