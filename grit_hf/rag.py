@@ -202,6 +202,33 @@ class GritRAG(SegmentGenerationMixin):
             raise KeyError(f"Unknown document id {doc_id!r}.")
         return self._texts[doc_id]
 
+    def get_embeddings(self, doc_ids: Sequence[str]) -> torch.Tensor:
+        """The stored embeddings `(n, dim)` (float32, CPU) of indexed documents, in the order of `doc_ids`."""
+        if isinstance(doc_ids, str) or not isinstance(doc_ids, Sequence):
+            raise TypeError(f"`doc_ids` must be a list of str, got {type(doc_ids).__name__}.")
+        with self._lock:
+            rows = {doc_id: row for row, doc_id in enumerate(self._ids)}
+            missing = [doc_id for doc_id in doc_ids if doc_id not in rows]
+            if missing:
+                raise KeyError(f"Unknown document id(s) {missing[:5]!r}: add them with `add_documents` first.")
+            return self._embeddings[[rows[doc_id] for doc_id in doc_ids]].clone()
+
+    def embed(self, texts: str | Sequence[str], instruction: str | None = None) -> torch.Tensor:
+        """Embeddings `(n, dim)` of `texts` with `instruction` (default: `query_instruction`; `""` embeds them as
+        documents), under the lock; nothing is indexed or cached."""
+        texts, _ = check_texts(texts, "texts")
+        if instruction is not None and not isinstance(instruction, str):
+            raise TypeError(f"`instruction` must be a str or None, got {type(instruction).__name__}.")
+        if not texts:
+            return torch.empty(0, self._embeddings.shape[1])
+        instruction = self.query_instruction if instruction is None else instruction
+        return self._encode(texts, instruction, states=False)[0].float().cpu()
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The re-entrant lock held around every forward pass of the model (hold it for direct model use)."""
+        return self._lock
+
     def _cached_states(self, doc_id: str) -> KVStates:
         if not isinstance(doc_id, str):
             raise TypeError(f"`doc_id` must be a str, got {type(doc_id).__name__}.")
