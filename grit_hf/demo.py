@@ -48,7 +48,7 @@ def run_demo(model: str = "default", question: str | None = None, show_progress_
     )
 
     documents = load_demo_documents()
-    rag = GritRAG(grit, query_instruction=INSTRUCTION, show_progress_bar=show_progress_bar)
+    rag = GritRAG(grit, query_instruction=INSTRUCTION)
     rag.add_documents([d["text"] for d in documents], ids=[d["id"] for d in documents])
     started = _step(f"embedded and cached {len(documents)} documents (bidirectional attention, mean pooling)", started)
 
