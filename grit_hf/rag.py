@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -34,6 +35,7 @@ from typing import Literal
 import torch
 from transformers.utils import logging
 
+from .cache.buffers import DECODE_CACHES, DecodeCache
 from .cache.positions import find_rotary_embedding, verify_rerotation
 from .cache.states import KVStates
 from .cache.store import KVStore, MemoryKVStore, compute_fingerprint
@@ -43,10 +45,37 @@ from .rag_prompts import RAG_MODES, RAGMode, RAGPrompts
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["GritRAG", "RAGAnswer", "RAGStream", "CachedSegment", "GenerationResult", "GenerationStream", "Segment"]
+__all__ = [
+    "GritRAG",
+    "model_lock",
+    "RAGAnswer",
+    "RAGStream",
+    "CachedSegment",
+    "GenerationResult",
+    "GenerationStream",
+    "Segment",
+]
 
 CacheAttention = Literal["bidirectional", "causal"]
 _CACHED_QUERY_MODES = ("query", "query_doc", "doc_query")
+
+
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model) -> threading.RLock:
+    """The re-entrant lock that serialises use of `model` (one per model object, shared by every `GritRAG` on it).
+
+    Embedding toggles the decoder's attention flag for the duration of a call, so a forward that generates must not
+    run at the same time as one that embeds; hold this lock around direct `model.encode`/forward calls made
+    alongside a `GritRAG`.
+    """
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
 
 
 @dataclass
@@ -75,7 +104,8 @@ class GritRAG(SegmentGenerationMixin):
         query_instruction: instruction for queries (default: `config.default_query_instruction`).
         max_length: most tokens per document or query, template included.
         batch_size: texts per embedding forward pass.
-        decode_cache: `"dynamic"` (default) or `"static"` (preallocated cache for the decode loop).
+        decode_cache: the cache decoded from (`grit_hf.cache.buffers`): `"preallocated"` (default; appends without
+            copying), `"dynamic"` (transformers' `DynamicCache`) or `"static"` (`StaticCache`).
         compile: with `decode_cache="static"` on CUDA, decode with a `torch.compile`d forward.
         verify_positions: check once that re-rotating keys matches the model (`verify_rerotation`).
 
@@ -99,7 +129,7 @@ class GritRAG(SegmentGenerationMixin):
         query_instruction: str | None = None,
         max_length: int = 4096,
         batch_size: int = 8,
-        decode_cache: Literal["dynamic", "static"] = "dynamic",
+        decode_cache: DecodeCache = "preallocated",
         compile: bool = False,
         verify_positions: bool = True,
     ):
@@ -113,8 +143,8 @@ class GritRAG(SegmentGenerationMixin):
             raise TypeError(f"`store` must be a KVStore, got {type(store).__name__}.")
         if prompts is not None and not isinstance(prompts, RAGPrompts):
             raise TypeError(f"`prompts` must be a RAGPrompts, got {type(prompts).__name__}.")
-        if decode_cache not in ("dynamic", "static"):
-            raise ValueError(f"Invalid `decode_cache`: {decode_cache!r}. Valid choices are: ('dynamic', 'static').")
+        if decode_cache not in DECODE_CACHES:
+            raise ValueError(f"Invalid `decode_cache`: {decode_cache!r}. Valid choices are: {DECODE_CACHES}.")
         for name, value in (("max_length", max_length), ("batch_size", batch_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
@@ -130,7 +160,7 @@ class GritRAG(SegmentGenerationMixin):
         )
         self.max_length, self.batch_size = max_length, batch_size
         self.decode_cache, self.compile = decode_cache, compile
-        self._lock = threading.RLock()
+        self._lock = model_lock(model)
         self._rotary = find_rotary_embedding(model)
         if verify_positions:
             with self._lock:
@@ -145,8 +175,9 @@ class GritRAG(SegmentGenerationMixin):
         self._embeddings = torch.empty(0, model.config.text_config.hidden_size)
 
     # -- indexing ----------------------------------------------------------------------------------------------------
-    def _encode(self, texts: list[str], instruction: str, states: bool):
-        """Embeddings (and states in the cache attention) of `texts`, under the lock."""
+    def _encode(self, texts: list[str], instruction: str, states: bool, embeddings: bool = True):
+        """`(embeddings, states)` of `texts` under the model's lock: embeddings in the model's embedding attention,
+        states (if asked) in the cache attention (one pass when the two agree; `embeddings=False` skips a pass)."""
         kwargs = dict(instruction=instruction, batch_size=self.batch_size, max_length=self.max_length,
                       convert_to_tensor=True, show_progress_bar=False)
         with self._lock:
@@ -154,9 +185,9 @@ class GritRAG(SegmentGenerationMixin):
                 return self.model.encode(texts, **kwargs), None
             if self.causal_cache == self.model.config.is_causal_embedding:
                 return self.model.encode(texts, return_states=True, **kwargs)
-            embeddings = self.model.encode(texts, **kwargs)
+            vectors = self.model.encode(texts, **kwargs) if embeddings else None
             _, kv = self.model.encode(texts, return_states=True, is_causal=self.causal_cache, **kwargs)
-            return embeddings, kv
+            return vectors, kv
 
     def add_documents(self, texts: str | Sequence[str], ids: Sequence[str] | None = None) -> list[str]:
         """Embed documents and store their states (one encode pass gives both when the attentions agree).
@@ -303,9 +334,9 @@ class GritRAG(SegmentGenerationMixin):
         return segments
 
     # -- answering ---------------------------------------------------------------------------------------------------
-    def _query_part(self, query: str, need_states: bool):
-        embedding, states = self._encode([query], self.query_instruction, states=need_states)
-        return embedding[0], (states[0] if states else None)
+    def _query_part(self, query: str, need_states: bool, need_embedding: bool = True):
+        embedding, states = self._encode([query], self.query_instruction, need_states, need_embedding)
+        return (embedding[0] if embedding is not None else None), (states[0] if states else None)
 
     def _text_ids(self, text: str, prefix: str, first: bool) -> list[int]:
         """The token ids the embedding pass runs for `prefix + text` (BOS dropped unless `first`)."""
@@ -327,7 +358,7 @@ class GritRAG(SegmentGenerationMixin):
         if mode == "none":
             return [apply_chat_template(self.tokenizer, query, self.model.config.chat_template) + prompts.response_prefix]
         if mode in _CACHED_QUERY_MODES and query_states is None:
-            _, query_states = self._query_part(query, need_states=True)
+            _, query_states = self._query_part(query, need_states=True, need_embedding=False)
         docs_text = prompts.doc_separator.join(self.get_text(doc_id) for doc_id in doc_ids)
         cached_docs = [CachedSegment(doc_id) for doc_id in doc_ids]
         if mode == "rag_query_doc":

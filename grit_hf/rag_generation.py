@@ -2,11 +2,12 @@
 
 A prompt is a list of segments: text to run through the model, or cached states to splice in. Cached states are
 re-rotated to the position they take in the prompt (`grit_hf.cache.positions`) and concatenated once into a fresh
-`DynamicCache` (a single cached part at position 0 is used as is, without a copy); text parts run on top of what
-precedes them; the stored tensors are never written to. Decoding is a greedy (or sampled) loop under
-`torch.inference_mode`, one forward per token with the lock held only for that forward, so streams of several threads
-interleave safely. With `decode_cache="static"` the decode runs on a preallocated `StaticCache` (and, on CUDA with
-`compile=True`, a `torch.compile`d forward).
+cache sized for the prompt plus the answer (`grit_hf.cache.buffers`: by default a preallocated buffer, so each
+decode step appends without copying the cache); text parts run on top of what precedes them; the stored tensors are
+never written to. Decoding is a greedy (or sampled) loop under `torch.inference_mode`, one forward per token with the
+model's lock held only for that forward, so streams of several threads interleave safely. With
+`decode_cache="static"` the decode runs on a `StaticCache` (and, on CUDA with `compile=True`, a `torch.compile`d
+forward).
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache, StaticCache
 from transformers.utils import logging
 
+from .cache.buffers import append_states, new_cache
 from .cache.positions import shift_layers
 from .cache.states import KVStates
-from .cache.store import cache_from_layers
 
 logger = logging.get_logger(__name__)
 
@@ -174,64 +174,41 @@ class SegmentGenerationMixin:
         return outputs.logits[0, -1]
 
     @torch.inference_mode()
-    def _prefill(self, parts: list[_Part]):
-        """Compose the prompt's cache. Returns `(cache, last_logits, prompt_tokens, cache_read_tokens)`."""
+    def _prefill(self, parts: list[_Part], max_new_tokens: int = 0):
+        """Compose the prompt's cache (room for `max_new_tokens` more). Returns
+        `(cache, last_logits, prompt_tokens, cache_read_tokens)`."""
         if parts[-1].states is not None:  # the next-token logits need one token run: re-run the last cached token
             last = parts.pop()
             if len(last.ids) - last.start > 1:
                 parts.append(_Part(last.ids, last.states, last.start, len(last.ids) - 1))
             parts.append(_Part(last.ids[-1:]))
-        cache, position, cache_read = None, 0, 0
-        pending_states: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
-        pending_ids: list[int] = []
-        logits = None
-        for index, part in enumerate(parts):
+        ends = [len(part.ids) if part.end is None else part.end for part in parts]
+        capacity = sum(end - part.start for part, end in zip(parts, ends)) + max_new_tokens
+        cache = new_cache(self.decode_cache, self.model.config.get_text_config(decoder=True), capacity)
+        position, cache_read, pending_ids, logits = 0, 0, [], None
+        device = self.model.device
+        for index, (part, end) in enumerate(zip(parts, ends)):
             if part.states is None:
                 pending_ids.extend(part.ids)
                 if index + 1 < len(parts) and parts[index + 1].states is None:
                     continue
-                cache = self._materialize(cache, pending_states)
-                pending_states = []
                 logits = self._forward(pending_ids, position, cache)
                 position += len(pending_ids)
                 pending_ids = []
             else:
-                end = len(part.ids) if part.end is None else part.end
-                count = end - part.start
-                device = self.model.device
                 layers = [(k[..., :end, :].to(device), v[..., :end, :].to(device)) for k, v in part.states.layers()]
-                pending_states.append(shift_layers(layers, position - part.start, self._rotary, start=part.start))
-                position += count
-                cache_read += count
+                cache = append_states(cache, shift_layers(layers, position - part.start, self._rotary, part.start))
+                position += end - part.start
+                cache_read += end - part.start
         return cache, logits, position, cache_read
 
-    @staticmethod
-    def _materialize(cache, pending_states):
-        if not pending_states:
-            return DynamicCache() if cache is None else cache
-        if cache is None and len(pending_states) == 1:
-            return cache_from_layers(pending_states[0])  # no copy: generation never writes into these tensors
-        chunks = [[(layer.keys, layer.values)] for layer in cache.layers] if cache is not None else None
-        merged = []
-        for layer_index in range(len(pending_states[0])):
-            pieces = (chunks[layer_index] if chunks else []) + [states[layer_index] for states in pending_states]
-            merged.append((torch.cat([k for k, _ in pieces], dim=-2), torch.cat([v for _, v in pieces], dim=-2)))
-        return cache_from_layers(merged)
-
-    def _decode_cache(self, cache, prompt_tokens: int, max_new_tokens: int):
-        """The cache the decode loop appends to, and the forward it calls."""
-        if self.decode_cache != "static":
-            return cache, self.model
-        size = -(-(prompt_tokens + max_new_tokens) // 256) * 256
-        static = StaticCache(config=self.model.config.get_text_config(decoder=True), max_cache_len=size)
-        for index, layer in enumerate(cache.layers):
-            static.update(layer.keys, layer.values, index)
-        forward = self.model
-        if self.compile and self.model.device.type == "cuda":
-            if getattr(self, "_compiled_forward", None) is None:
-                self._compiled_forward = torch.compile(self.model.forward, mode="reduce-overhead", fullgraph=True)
-            forward = self._compiled_forward
-        return static, forward
+    def _decode_forward(self):
+        """The forward the decode loop calls: compiled for the static cache on CUDA with `compile=True`."""
+        if not (self.compile and self.decode_cache == "static" and self.model.device.type == "cuda"):
+            return self.model
+        if getattr(self, "_compiled_forward", None) is None:
+            self._compiled_forward = torch.compile(self.model.forward, mode="reduce-overhead", fullgraph=True)
+        return self._compiled_forward
 
     # -- decoding ----------------------------------------------------------------------------------------------------
     def _token_stream(self, cache, logits, position, max_new_tokens, temperature, top_p, ignore_eos, seed, result):
@@ -242,7 +219,7 @@ class SegmentGenerationMixin:
         generator = None
         if seed is not None:
             generator = torch.Generator(device=logits.device).manual_seed(seed)
-        cache, forward = self._decode_cache(cache, position, max_new_tokens)
+        forward = self._decode_forward()
         device = self.model.device
         with torch.inference_mode():
             for step in range(max_new_tokens):
@@ -295,7 +272,7 @@ class SegmentGenerationMixin:
     ):
         stop = _check_generation_args(max_new_tokens, stop, temperature, top_p)
         parts = self._resolve(segments, reuse_cache)
-        cache, logits, prompt_tokens, cache_read = self._prefill(parts)
+        cache, logits, prompt_tokens, cache_read = self._prefill(parts, max_new_tokens)
         result = GenerationResult() if result is None else result
         result.prompt_tokens, result.cache_read_tokens = prompt_tokens, cache_read
         tokens = self._token_stream(

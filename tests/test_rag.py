@@ -1,0 +1,347 @@
+"""GritRAG: caching modes vs plain RAG (exact with causal caches), positions of several cached documents, segments,
+split_prompt, streaming, stop strings, stores, thread-safety, and the default model."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from grit_hf import GritLMForCausalLM
+from grit_hf.cache import DiskKVStore, FingerprintMismatchError
+from grit_hf.cache.buffers import PreallocatedLayer, append_states, new_cache
+from grit_hf.rag import CachedSegment, GritRAG, RAGAnswer
+from grit_hf.rag_prompts import RAG_MODES, RAGPrompts, chat_markers, fill
+
+DOCS = [
+    "The capital of France is Paris. Paris is a city on the Seine.",
+    "Berlin is the capital of Germany; it has many museums and parks.",
+    "Photosynthesis turns light, water and carbon dioxide into sugar and oxygen.",
+]
+QUERY = "What is the capital of France?"
+GEN = dict(max_new_tokens=10, ignore_eos=True)
+
+
+@pytest.fixture(scope="module", params=[("llama", True), ("qwen2", False), ("mistral", True)], ids=str)
+def model(request, stock_checkpoint):
+    family, add_bos = request.param
+    return GritLMForCausalLM.from_pretrained(stock_checkpoint(family, add_bos=add_bos)).eval()
+
+
+@pytest.fixture(scope="module")
+def causal_rag(model):
+    rag = GritRAG(model, cache_attention="causal")
+    rag.add_documents(DOCS, ids=["paris", "berlin", "photo"])
+    return rag
+
+
+@pytest.fixture(scope="module")
+def bidirectional_rag(model):
+    rag = GritRAG(model)
+    rag.add_documents(DOCS, ids=["paris", "berlin", "photo"])
+    return rag
+
+
+def _reference_generate(model, ids: list[int], max_new_tokens: int) -> list[int]:
+    """Plain `model.generate` on the whole prompt (greedy, exactly `max_new_tokens`)."""
+    input_ids = torch.tensor([ids])
+    with torch.inference_mode():
+        output = model.generate(
+            input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens, do_sample=False,
+        )
+    return output[0, len(ids) :].tolist()
+
+
+# -- exactness -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_causal_caches_equal_plain_rag_token_for_token(causal_rag, top_k):
+    answers = {mode: causal_rag.answer(QUERY, mode=mode, top_k=top_k, **GEN) for mode in RAG_MODES}
+    assert answers["query"].token_ids == answers["rag_query_doc"].token_ids
+    assert answers["query"].doc_ids == answers["rag_query_doc"].doc_ids
+    if top_k == 1:  # a second cached document never attended to the first: exact only for one
+        assert answers["doc"].token_ids == answers["rag_doc_query"].token_ids
+    for mode, answer in answers.items():
+        assert isinstance(answer, RAGAnswer) and answer.mode == mode and answer.completion_tokens == 10
+        assert answer.finish_reason == "length" and len(answer.doc_ids) == (0 if mode == "none" else top_k)
+        assert (answer.cache_read_tokens > 0) == (mode in ("query", "doc", "query_doc", "doc_query"))
+    assert answers["doc"].prompt_tokens == answers["rag_doc_query"].prompt_tokens
+    assert answers["query"].prompt_tokens == answers["rag_query_doc"].prompt_tokens
+
+
+def test_plain_rag_and_decode_loop_match_model_generate(causal_rag):
+    model = causal_rag.model
+    for mode in ("rag_doc_query", "rag_query_doc", "none"):
+        segments = causal_rag.build_segments(QUERY, mode, ["paris"])
+        ids = [t for part in causal_rag._resolve(segments, reuse_cache=False) for t in part.ids]
+        answer = causal_rag.answer(QUERY, mode=mode, doc_ids=["paris"], **GEN)
+        assert answer.prompt_tokens == len(ids)
+        assert answer.token_ids == _reference_generate(model, ids, 10), mode
+
+
+def test_bidirectional_caches_approximate(bidirectional_rag):
+    doc = bidirectional_rag.answer(QUERY, mode="doc", **GEN)
+    plain = bidirectional_rag.answer(QUERY, mode="rag_doc_query", **GEN)
+    assert doc.cache_read_tokens > 0 and doc.prompt_tokens == plain.prompt_tokens
+    assert bidirectional_rag.store.get(doc.doc_ids[0]).is_causal is False
+
+
+def test_search_ranks_by_cosine(bidirectional_rag):
+    hits = bidirectional_rag.search(QUERY, top_k=3)
+    assert sorted(doc_id for doc_id, _ in hits) == ["berlin", "paris", "photo"]
+    assert [score for _, score in hits] == sorted((score for _, score in hits), reverse=True)
+    embedding = bidirectional_rag.model.encode(QUERY, instruction=bidirectional_rag.query_instruction)
+    documents = bidirectional_rag.model.encode(DOCS)
+    expected = {i: float(documents[n] @ embedding) for n, i in enumerate(["paris", "berlin", "photo"])}
+    for doc_id, score in hits:
+        assert score == pytest.approx(expected[doc_id], abs=1e-5)
+
+
+# -- positions of several cached parts -------------------------------------------------------------------------------
+def test_several_cached_documents_sit_at_their_offsets(causal_rag):
+    """Layer-0 keys depend only on token and position: the composed cache must equal a full forward's layer 0."""
+    segments = [CachedSegment("paris"), CachedSegment("berlin"), CachedSegment("photo"), "\nQ"]
+    parts = causal_rag._resolve(segments, reuse_cache=True)
+    cache, _, prompt_tokens, cache_read = causal_rag._prefill(parts)
+    ids = [t for part in causal_rag._resolve(segments, reuse_cache=False) for t in part.ids]
+    assert prompt_tokens == len(ids) and cache_read == len(ids) - len(parts[-1].ids)
+    with torch.inference_mode():
+        full = causal_rag.model(input_ids=torch.tensor([ids]), use_cache=True).past_key_values
+    torch.testing.assert_close(cache.layers[0].keys, full.layers[0].keys, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(cache.layers[0].values, full.layers[0].values, rtol=1e-5, atol=1e-5)
+
+
+def test_generation_never_mutates_or_copies_stored_states(causal_rag):
+    stored = causal_rag.store.get("paris")
+    before = [(k.clone(), v.clone()) for k, v in stored.layers()]
+    for mode in ("doc", "doc_query", "query_doc"):
+        causal_rag.answer(QUERY, mode=mode, top_k=2, **GEN)
+    causal_rag.generate_from_segments(["x", CachedSegment("paris"), "y"], max_new_tokens=3)
+    for (k, v), (k0, v0) in zip(stored.layers(), before):
+        assert torch.equal(k, k0) and torch.equal(v, v0)
+    cache, *_ = causal_rag._prefill(causal_rag._resolve([CachedSegment("paris"), "?"], reuse_cache=True))
+    assert cache.layers[0].keys.data_ptr() != stored.layers()[0][0].data_ptr()  # one copy into the decode buffer
+    dynamic = new_cache("dynamic", causal_rag.model.config.text_config, 0)
+    assert append_states(dynamic, stored.layers()).layers[0].keys is stored.layers()[0][0]  # "dynamic": no copy
+
+
+# -- segments and split_prompt ---------------------------------------------------------------------------------------
+def test_split_prompt_finds_documents_and_absorbs_the_template(causal_rag):
+    template = causal_rag.model.config.document_template
+    prompt = f"{template}{DOCS[0]}\nContext: {DOCS[1]} and again {DOCS[1]}\nQ: {QUERY}"
+    segments = causal_rag.split_prompt(prompt)
+    assert segments == [
+        CachedSegment("paris"), "\nContext: ", CachedSegment("berlin"), " and again ", CachedSegment("berlin"),
+        f"\nQ: {QUERY}",
+    ]
+    assert causal_rag.split_prompt("nothing here") == ["nothing here"]
+    assert causal_rag.split_prompt(prompt, doc_ids=["photo"]) == [prompt]
+    with pytest.raises(TypeError, match="`prompt`"):
+        causal_rag.split_prompt(["x"])
+
+
+def test_cached_document_first_in_a_prompt_is_exact(causal_rag):
+    template = causal_rag.model.config.document_template
+    prompt = f"{template}{DOCS[2]}\n<|user|>\nWhat does photosynthesis make?\n<|assistant|>\n"
+    segments = causal_rag.split_prompt(prompt)
+    assert segments[0] == CachedSegment("photo") and len(segments) == 2
+    cached = causal_rag.generate_from_segments(segments, **GEN)
+    uncached = causal_rag.generate_from_segments(segments, reuse_cache=False, **GEN)
+    assert cached.token_ids == uncached.token_ids
+    assert cached.cache_read_tokens == causal_rag.store.get("photo").num_tokens and uncached.cache_read_tokens == 0
+    ids = causal_rag.store.get("photo").input_ids.tolist() + causal_rag.tokenizer(
+        segments[1], add_special_tokens=False
+    )["input_ids"]
+    assert cached.prompt_tokens == len(ids)
+    assert cached.token_ids == _reference_generate(causal_rag.model, ids, 10)
+
+
+def test_cached_document_later_in_a_prompt_drops_its_bos(causal_rag):
+    stored = causal_rag.store.get("berlin")
+    bos = causal_rag._special_prefix
+    result = causal_rag.generate_from_segments(["Context: ", CachedSegment("berlin"), "\nQ?"], max_new_tokens=4)
+    text_ids = len(causal_rag.tokenizer("Context: ", add_special_tokens=False)["input_ids"])
+    assert result.cache_read_tokens == stored.num_tokens - len(bos)
+    assert result.prompt_tokens == text_ids + stored.num_tokens - len(bos) + 2 or result.prompt_tokens > text_ids
+
+
+def test_prompt_ending_with_a_cached_segment(causal_rag):
+    cached = causal_rag.generate_from_segments([CachedSegment("paris")], **GEN)
+    uncached = causal_rag.generate_from_segments([CachedSegment("paris")], reuse_cache=False, **GEN)
+    assert cached.token_ids == uncached.token_ids
+    assert cached.cache_read_tokens == causal_rag.store.get("paris").num_tokens - 1
+
+
+# -- streaming, stop strings, sampling -------------------------------------------------------------------------------
+def test_stream_yields_the_answer_text(causal_rag):
+    full = causal_rag.answer(QUERY, mode="doc", **GEN)
+    stream = causal_rag.stream_answer(QUERY, mode="doc", **GEN)
+    pieces = list(stream)
+    assert "".join(pieces) == full.text == stream.result.text
+    assert stream.result.token_ids == full.token_ids and stream.result.doc_ids == full.doc_ids
+    segments_stream = causal_rag.stream_from_segments([CachedSegment("paris"), "?"], **GEN)
+    assert "".join(segments_stream) == segments_stream.result.text
+
+
+def test_stop_strings_cut_the_text_in_both_paths(causal_rag):
+    full = causal_rag.answer(QUERY, mode="doc", max_new_tokens=24, ignore_eos=True)
+    visible = full.text.strip()
+    if len(visible) < 4:
+        pytest.skip("the random model produced too little visible text")
+    stop = visible[len(visible) // 2 : len(visible) // 2 + 2]
+    cut = full.text[: full.text.find(stop)]
+    stopped = causal_rag.answer(QUERY, mode="doc", max_new_tokens=24, ignore_eos=True, stop=[stop, "\x00never"])
+    assert stopped.text == cut and stopped.finish_reason == "stop"
+    stream = causal_rag.answer(QUERY, mode="doc", max_new_tokens=24, ignore_eos=True, stop=stop, stream=True)
+    assert "".join(stream) == cut and stream.result.finish_reason == "stop"
+
+
+def test_sampling_is_seeded(causal_rag):
+    first = causal_rag.answer(QUERY, mode="doc", temperature=1.0, top_p=0.9, seed=3, **GEN)
+    again = causal_rag.answer(QUERY, mode="doc", temperature=1.0, top_p=0.9, seed=3, **GEN)
+    assert first.token_ids == again.token_ids
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "static"])
+def test_decode_caches_agree(model, causal_rag, kind):
+    other = GritRAG(model, cache_attention="causal", store=causal_rag.store, decode_cache=kind)
+    other._ids, other._texts, other._embeddings = causal_rag._ids, causal_rag._texts, causal_rag._embeddings
+    for mode in ("doc", "query_doc", "rag_doc_query"):
+        assert other.answer(QUERY, mode=mode, top_k=2, **GEN).token_ids == causal_rag.answer(
+            QUERY, mode=mode, top_k=2, **GEN
+        ).token_ids
+
+
+def test_preallocated_layer_grows_and_crops():
+    layer = PreallocatedLayer(capacity=2)
+    keys = torch.arange(12.0).reshape(1, 1, 3, 4)
+    layer.update(keys[:, :, :1], keys[:, :, :1])
+    layer.update(keys[:, :, 1:], -keys[:, :, 1:])  # beyond the capacity: the buffer grows
+    assert layer.get_seq_length() == 3 and torch.equal(layer.keys, keys) and layer.capacity == 2
+    layer.crop(-1)
+    assert torch.equal(layer.keys, keys[:, :, :2]) and torch.equal(layer.values[:, :, 1:], -keys[:, :, 1:2])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_static_decode_on_cuda(stock_checkpoint):
+    model = GritLMForCausalLM.from_pretrained(stock_checkpoint("llama")).cuda().eval()
+    plain = GritRAG(model, cache_attention="causal")
+    plain.add_documents(DOCS)
+    compiled = GritRAG(model, cache_attention="causal", decode_cache="static", compile=True)
+    compiled.add_documents(DOCS)
+    for _ in range(2):
+        assert compiled.answer(QUERY, mode="doc", **GEN).token_ids == plain.answer(QUERY, mode="doc", **GEN).token_ids
+
+
+# -- stores, threads, errors -----------------------------------------------------------------------------------------
+def test_disk_store_serves_the_same_answers_and_refuses_other_setups(model, causal_rag, tmp_path):
+    disk = GritRAG(model, cache_attention="causal", store=DiskKVStore(tmp_path))
+    disk.add_documents(DOCS, ids=["paris", "berlin", "photo"])
+    assert disk.answer(QUERY, mode="doc", top_k=2, **GEN).token_ids == causal_rag.answer(
+        QUERY, mode="doc", top_k=2, **GEN
+    ).token_ids
+    other = GritRAG(model, cache_attention="bidirectional", store=DiskKVStore(tmp_path))
+    other._ids, other._texts, other._embeddings = disk._ids, disk._texts, disk._embeddings
+    with pytest.raises(FingerprintMismatchError, match="attention"):
+        other.answer(QUERY, mode="doc", **GEN)
+
+
+def test_evicted_states_are_recomputed(model):
+    from grit_hf.cache import MemoryKVStore
+
+    rag = GritRAG(model, cache_attention="causal", store=MemoryKVStore(max_bytes=1))
+    rag.add_documents(DOCS[:1], ids=["paris"])
+    assert len(rag.store) == 0
+    answer = rag.answer(QUERY, mode="doc", **GEN)
+    assert answer.doc_ids == ["paris"] and answer.cache_read_tokens > 0
+
+
+def test_concurrent_answers_equal_sequential_ones(causal_rag, bidirectional_rag):
+    jobs = [(causal_rag, "doc"), (bidirectional_rag, "query"), (causal_rag, "query_doc"), (bidirectional_rag, "none")]
+    expected = [rag.answer(QUERY, mode=mode, **GEN).token_ids for rag, mode in jobs]
+    results: list = [None] * len(jobs)
+
+    def run(index):
+        rag, mode = jobs[index]
+        results[index] = rag.answer(QUERY, mode=mode, **GEN).token_ids
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == expected
+
+
+def test_add_documents_replaces_and_assigns_ids(model):
+    rag = GritRAG(model, cache_attention="causal")
+    ids = rag.add_documents(DOCS[:2])
+    assert len(ids) == 2 and all(len(i) == 16 for i in ids) and rag.doc_ids == ids
+    rag.add_documents(["new text"], ids=[ids[0]])
+    assert rag.doc_ids == [ids[1], ids[0]] and rag.get_text(ids[0]) == "new text"
+    assert rag._embeddings.shape[0] == 2
+
+
+def test_input_errors(causal_rag, model):
+    with pytest.raises(ValueError, match="`cache_attention`"):
+        GritRAG(model, cache_attention="sideways")
+    with pytest.raises(TypeError, match="`model`"):
+        GritRAG("model")
+    with pytest.raises(ValueError, match="`mode`"):
+        causal_rag.answer(QUERY, mode="fast")
+    with pytest.raises(ValueError, match="`top_k`"):
+        causal_rag.search(QUERY, top_k=0)
+    with pytest.raises(ValueError, match="`max_new_tokens`"):
+        causal_rag.answer(QUERY, max_new_tokens=0)
+    with pytest.raises(TypeError, match="`segments"):
+        causal_rag.generate_from_segments([3.5])
+    with pytest.raises(KeyError, match="nope"):
+        causal_rag.generate_from_segments([CachedSegment("nope")])
+    with pytest.raises(ValueError, match="duplicates"):
+        causal_rag.add_documents(["a", "b"], ids=["x", "x"])
+    with pytest.raises(TypeError, match="`stop`"):
+        causal_rag.answer(QUERY, stop=[""])
+    with pytest.raises(ValueError, match="`compile=True`"):
+        GritRAG(model, compile=True)
+
+
+# -- prompts ---------------------------------------------------------------------------------------------------------
+def test_prompts_reproduce_the_reference_and_adapt_to_chatml(causal_rag):
+    reference = RAGPrompts.reference()
+    assert reference.suffix("doc", query="Q") == (
+        "\n<|user|>\nQ\n\nAnswer the prior query while optionally using the context prior to it\n<|assistant|>\n"
+    )
+    assert reference.suffix("query", doc="D") == (
+        "\n<|user|>\nD\n\nOptionally using the prior context answer the query prior to it\n<|assistant|>\n"
+    )
+    assert reference.suffix("doc_query") == (
+        "\n<|user|>\nAnswer the prior query while optionally using the context prior to it\n<|assistant|>\n"
+    )
+    assert causal_rag.prompts == reference  # the tiny checkpoints use GritLM-7B's chat template
+    chatml = (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    )
+    assert chat_markers(causal_rag.tokenizer, chatml) == ("<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n")
+    with_system = (  # like SmolLM2's: a default system turn when none is given
+        "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nBe nice<|im_end|>\n' }}{% endif %}" + chatml
+    )
+    assert chat_markers(causal_rag.tokenizer, with_system)[0] == "<|im_end|>\n<|im_start|>user\n"
+    assert fill("{query} {doc}", query="{doc}", doc="x") == "{doc} x"
+    with pytest.raises(ValueError, match="`doc_cached`"):
+        RAGPrompts(doc_cached="no placeholder")
+
+
+# -- the default model -----------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_default_model_causal_caches_are_exact(default_model):
+    rag = GritRAG(default_model, cache_attention="causal")
+    rag.add_documents(["The Eiffel Tower is in Paris. It was built in 1889 for the World's Fair."], ids=["eiffel"])
+    query, ids = "When was the Eiffel Tower built?", ["eiffel"]
+    doc = rag.answer(query, mode="doc", doc_ids=ids, max_new_tokens=8)
+    assert doc.token_ids == rag.answer(query, mode="rag_doc_query", doc_ids=ids, max_new_tokens=8).token_ids
+    query_cached = rag.answer(query, mode="query", doc_ids=ids, max_new_tokens=8)
+    assert query_cached.token_ids == rag.answer(query, mode="rag_query_doc", doc_ids=ids, max_new_tokens=8).token_ids
+    assert doc.cache_read_tokens > 10 and query_cached.cache_read_tokens > 10 and "built in" in doc.text
