@@ -1,0 +1,93 @@
+"""`GritLMEmbeddings`: LangChain embeddings from a GRIT model that also cache the documents' key/value states."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from langchain_core.embeddings import Embeddings
+from langchain_core.runnables.config import run_in_executor
+from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator
+
+from grit_hf.shared import SharedGrit, UsesSharedGrit, check_model_argument
+
+__all__ = ["GritLMEmbeddings"]
+
+
+class GritLMEmbeddings(UsesSharedGrit, BaseModel, Embeddings):
+    """Embeddings from a GRIT model (one decoder that embeds and generates).
+
+    Documents are embedded without an instruction and, by default, their key/value states are kept in the shared
+    store of the model, so a `ChatGritLM` on the same `model` reuses them when their text appears in a prompt.
+    Queries are embedded with `query_instruction` (the checkpoint's `default_query_instruction` when unset).
+
+    Args:
+        model: a checkpoint folder, `"default"` (the offline SmolLM2-135M GRIT model) or a loaded
+            `GritLMForCausalLM`. The same path or object shares one model and one key/value store in the process.
+        query_instruction: instruction for queries; `None` uses the checkpoint's default.
+        cache_documents: keep the key/value states of embedded documents for generation.
+        cache_attention: attention of the cached states, `"bidirectional"` (the embedding pass's own states, as in
+            the paper) or `"causal"` (an extra causal pass; exact continuation). `None`: the shared instance's
+            setting (bidirectional when this object creates it).
+        rag_kwargs: more `GritRAG` settings for the shared instance, e.g. `{"store": DiskKVStore("kv/")}` or
+            `{"max_length": 1024}`; like `cache_attention`, they must agree with an instance that exists already.
+
+    Example:
+
+    ```python
+    >>> from langchain_core.vectorstores import InMemoryVectorStore
+    >>> from langchain_gritlm import GritLMEmbeddings
+    >>> embeddings = GritLMEmbeddings(model="default")
+    >>> store = InMemoryVectorStore.from_texts(["Paris is the capital of France."], embeddings)
+    >>> store.similarity_search("capital of France", k=1)[0].page_content
+    'Paris is the capital of France.'
+    ```
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
+
+    model: Any = "default"
+    query_instruction: str | None = None
+    cache_documents: bool = True
+    cache_attention: Literal["bidirectional", "causal"] | None = None
+    rag_kwargs: dict[str, Any] | None = None
+
+    _shared: SharedGrit | None = PrivateAttr(default=None)
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: Any) -> Any:
+        return check_model_argument(value)
+
+    @property
+    def model_name(self) -> str:
+        """A readable name of the model (the checkpoint folder's name)."""
+        return self.shared_name
+
+    def _check_texts(self, texts: Any, name: str) -> list[str]:
+        if isinstance(texts, (str, bytes)) or not isinstance(texts, (list, tuple)):
+            raise TypeError(f"`{name}` must be a list of str, got {type(texts).__name__}.")
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"`{name}[{index}]` must be a str, got {type(text).__name__}.")
+        return list(texts)
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed documents (no instruction) and, with `cache_documents`, keep their key/value states."""
+        texts = self._check_texts(texts, "texts")
+        if not texts:
+            return []
+        return self.shared.embed_documents(texts, cache=self.cache_documents).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        """Embed a query with `query_instruction` (or the checkpoint's default query instruction)."""
+        if not isinstance(text, str):
+            raise TypeError(f"`text` must be a str, got {type(text).__name__}.")
+        return self.shared.embed_queries([text], instruction=self.query_instruction)[0].tolist()
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Async `embed_documents` (runs in a worker thread; the shared lock serialises model use)."""
+        return await run_in_executor(None, self.embed_documents, texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        """Async `embed_query` (runs in a worker thread)."""
+        return await run_in_executor(None, self.embed_query, text)

@@ -1,0 +1,81 @@
+"""`GritLMEmbedding`: LlamaIndex embeddings from a GRIT model that also cache the nodes' key/value states."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal
+
+from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
+from pydantic import Field, PrivateAttr
+
+from grit_hf.shared import SharedGrit, UsesSharedGrit, check_model_argument, model_display_name
+
+__all__ = ["GritLMEmbedding"]
+
+
+class GritLMEmbedding(UsesSharedGrit, BaseEmbedding):
+    """Embeddings from a GRIT model (one decoder that embeds and generates).
+
+    Texts (nodes) are embedded without an instruction and, by default, their key/value states are kept in the shared
+    store of the model, so a `GritLM` LLM on the same `model` reuses them when the node text appears in a prompt.
+    Queries are embedded with `query_instruction` (the checkpoint's `default_query_instruction` when unset).
+
+    Args:
+        model: a checkpoint folder, `"default"` (the offline SmolLM2-135M GRIT model) or a loaded
+            `GritLMForCausalLM`. The same path or object shares one model and one key/value store in the process.
+        query_instruction: instruction for queries; `None` uses the checkpoint's default.
+        cache_documents: keep the key/value states of embedded texts for generation.
+        cache_attention: attention of the cached states, `"bidirectional"` (the embedding pass's own states, as in
+            the paper) or `"causal"` (an extra causal pass; exact continuation). `None`: the shared instance's
+            setting (bidirectional when this object creates it).
+        rag_kwargs: more `GritRAG` settings for the shared instance, e.g. `{"store": DiskKVStore("kv/")}` or
+            `{"max_length": 1024}`; like `cache_attention`, they must agree with an instance that exists already.
+        embed_batch_size: texts per call.
+
+    Example:
+
+    ```python
+    >>> from llama_index.embeddings.gritlm import GritLMEmbedding
+    >>> embed_model = GritLMEmbedding(model="default")
+    >>> len(embed_model.get_text_embedding("Paris is the capital of France."))
+    576
+    ```
+    """
+
+    model: Any = Field(default="default", description="Checkpoint folder, 'default' or a loaded GritLMForCausalLM.")
+    query_instruction: str | None = Field(default=None, description="Instruction for queries (None: the default).")
+    cache_documents: bool = Field(default=True, description="Keep the key/value states of embedded texts.")
+    cache_attention: Literal["bidirectional", "causal"] | None = Field(
+        default=None, description="Attention of the cached states (None: the shared instance's setting)."
+    )
+    rag_kwargs: dict[str, Any] | None = Field(default=None, description="More GritRAG settings (e.g. a store).")
+
+    _shared: SharedGrit | None = PrivateAttr(default=None)
+
+    def __init__(self, model: Any = "default", **kwargs: Any) -> None:
+        kwargs.setdefault("model_name", model_display_name(check_model_argument(model)))
+        super().__init__(model=model, **kwargs)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "GritLMEmbedding"
+
+    def _get_query_embedding(self, query: str) -> Embedding:
+        return self.shared.embed_queries([query], instruction=self.query_instruction)[0].tolist()
+
+    async def _aget_query_embedding(self, query: str) -> Embedding:
+        return await asyncio.to_thread(self._get_query_embedding, query)
+
+    def _get_text_embedding(self, text: str) -> Embedding:
+        return self._get_text_embeddings([text])[0]
+
+    async def _aget_text_embedding(self, text: str) -> Embedding:
+        return await asyncio.to_thread(self._get_text_embedding, text)
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        if not texts:
+            return []
+        return self.shared.embed_documents(texts, cache=self.cache_documents).tolist()
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return await asyncio.to_thread(self._get_text_embeddings, texts)

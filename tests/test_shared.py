@@ -1,0 +1,180 @@
+"""The shared-instance registry (`grit_hf.shared`): one model, one `GritRAG` and one key/value store per path or model
+object, created once under concurrency; and the embed/generate helpers the integrations use."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+import grit_hf.default_model
+import grit_hf.shared
+from grit_hf import GritLMForCausalLM
+from grit_hf.rag import GritRAG
+from grit_hf.shared import (
+    MIN_CACHED_CHARS,
+    SharedGrit,
+    aiter_in_thread,
+    check_model_argument,
+    clear_shared,
+    document_id,
+    get_shared,
+    list_shared,
+    model_display_name,
+    release_shared,
+)
+
+DOCS = [
+    "The capital of France is Paris. Paris is a city on the Seine.",
+    "Berlin is the capital of Germany; it has many museums and parks.",
+]
+
+
+@pytest.fixture
+def path(tmp_path, stock_checkpoint):
+    """A symlink to the session's tiny stock checkpoint (released after the test; one thread, as tiny models are
+    faster that way on a shared CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    link = tmp_path / "tiny"
+    link.symlink_to(stock_checkpoint("llama"), target_is_directory=True)
+    yield str(link)
+    release_shared(str(link))
+    torch.set_num_threads(threads)
+
+
+def test_same_path_same_instance(path):
+    shared = get_shared(path)
+    assert isinstance(shared, SharedGrit) and isinstance(shared.rag, GritRAG)
+    assert get_shared(path) is shared
+    assert get_shared(path + os.sep) is shared
+    assert get_shared(os.path.realpath(path)) is shared  # the symlink's target is the same folder
+    assert get_shared(shared.model) is shared
+    assert shared.rag.model is shared.model and not shared.model.training
+    assert shared.name == "tiny" and shared.key.startswith("path:")
+
+
+def test_model_object_instance(path):
+    model = GritLMForCausalLM.from_pretrained(path)
+    shared = get_shared(model)
+    assert shared.model is model and shared.key == f"object:{id(model)}"
+    assert get_shared(model) is shared and get_shared(path) is not shared
+    assert shared in list_shared()
+    assert release_shared(model) and not release_shared(model)
+    assert get_shared(model) is not shared  # rebuilt after release
+
+
+def test_default_resolves_to_the_default_folder(path, monkeypatch):
+    monkeypatch.setattr(grit_hf.default_model, "default_model_path", lambda: path)
+    assert get_shared("default") is get_shared(path)
+    assert model_display_name("default") == grit_hf.default_model.DEFAULT_MODEL_NAME
+
+
+def test_concurrent_creation_loads_once(path, monkeypatch):
+    loads = []
+    original = GritLMForCausalLM.from_pretrained.__func__
+
+    def counting(cls, *args, **kwargs):
+        loads.append(threading.get_ident())
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(GritLMForCausalLM, "from_pretrained", classmethod(counting))
+    barrier = threading.Barrier(6)
+
+    def get(_):
+        barrier.wait()
+        return get_shared(path)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        instances = list(pool.map(get, range(6)))
+    assert len(loads) == 1
+    assert all(instance is instances[0] for instance in instances)
+
+
+def test_settings_conflicts_and_bad_arguments(path):
+    shared = get_shared(path, rag_kwargs={"cache_attention": "causal"})
+    assert shared.rag.cache_attention == "causal"
+    assert get_shared(path, rag_kwargs={"cache_attention": "causal", "batch_size": None}) is shared
+    with pytest.raises(ValueError, match="cache_attention"):
+        get_shared(path, rag_kwargs={"cache_attention": "bidirectional"})
+    with pytest.raises(ValueError, match="dtype"):
+        get_shared(path, load_kwargs={"dtype": torch.bfloat16})
+    with pytest.raises(ValueError, match="`load_kwargs`"):
+        get_shared(shared.model, load_kwargs={"dtype": torch.float32})
+    with pytest.raises(TypeError, match="`model`"):
+        get_shared(42)
+    with pytest.raises(ValueError, match="`model`"):
+        check_model_argument("  ")
+    with pytest.raises(TypeError, match="`rag_kwargs`"):
+        get_shared(path, rag_kwargs=["causal"])
+
+
+def test_clear_shared(path, monkeypatch):
+    monkeypatch.setattr(grit_hf.shared, "_registry", {})  # clear only this test's instances
+    shared = get_shared(path)
+    clear_shared()
+    assert shared not in list_shared()
+    assert get_shared(path) is not shared
+
+
+def test_embed_documents_indexes_once_and_generation_reuses(path):
+    shared = get_shared(path)
+    vectors = shared.embed_documents(DOCS + ["short"])
+    assert vectors.shape == (3, 64) and vectors.dtype == np.float32
+    assert shared.rag.doc_ids == [document_id(text) for text in DOCS + ["short"]]
+    np.testing.assert_allclose(shared.embed_documents(DOCS[1:]), vectors[1:2], rtol=0, atol=0)
+    assert shared.embed_documents([]).shape == (0, 64)
+
+    prompt = shared.render_chat([{"role": "user", "content": f"{DOCS[1]}\n\nWhere are the parks? short"}])
+    segments = shared.segments(prompt)
+    assert [getattr(s, "doc_id", None) for s in segments if not isinstance(s, str)] == [document_id(DOCS[1])]
+    assert len("short") < MIN_CACHED_CHARS  # too short to splice, although it appears in the prompt
+    assert shared.segments(prompt, reuse_cache=False) == [prompt]
+
+    result = shared.generate(prompt, max_new_tokens=6)
+    assert result.cache_read_tokens > 0 and result.doc_ids == [document_id(DOCS[1])]
+    assert result.prompt_tokens > result.cache_read_tokens and result.completion_tokens <= 6
+    stream = shared.stream(prompt, max_new_tokens=6)
+    assert stream.cache_read_tokens == result.cache_read_tokens  # known before the first token
+    assert "".join(stream) == result.text and stream.result.completion_tokens == result.completion_tokens
+    assert shared.generate(prompt, max_new_tokens=6, reuse_cache=False).cache_read_tokens == 0
+
+
+def test_documents_longer_than_max_length_are_not_cached(path):
+    shared = get_shared(path, rag_kwargs={"max_length": 12})
+    vectors = shared.embed_documents(["Paris.", DOCS[0]])
+    assert shared.rag.doc_ids == [document_id("Paris.")]  # the long one is embedded (truncated) but not cached
+    np.testing.assert_allclose(vectors[1], shared.model.encode(DOCS[0], max_length=12), atol=1e-5)
+
+
+def test_embed_queries(path):
+    shared = get_shared(path)
+    query = shared.embed_queries(["capital"])
+    expected = shared.model.encode(["capital"], instruction=shared.model.config.default_query_instruction)
+    np.testing.assert_allclose(query, expected, atol=1e-5)
+    custom = shared.embed_queries(["capital"], instruction="Find facts")
+    np.testing.assert_allclose(custom, shared.model.encode(["capital"], instruction="Find facts"), atol=1e-5)
+
+
+def test_aiter_in_thread():
+    def numbers():
+        yield threading.get_ident()
+        yield threading.get_ident()
+
+    async def collect(factory):
+        return [item async for item in aiter_in_thread(factory)]
+
+    first, second = asyncio.run(collect(numbers))
+    assert first == second != threading.get_ident()  # one worker thread, not the event loop's
+
+    def failing():
+        yield 1
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        asyncio.run(collect(failing))
