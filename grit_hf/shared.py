@@ -29,11 +29,10 @@ import numpy as np
 from transformers.utils import logging
 
 from .formatting import apply_chat_template, check_texts
-from .rag_generation import CachedSegment, GenerationResult, GenerationStream, Segment
+from .rag import CachedSegment, GenerationResult, GenerationStream, GritRAG, Segment
 
 if TYPE_CHECKING:
     from .modeling_gritlm import GritLMForCausalLM
-    from .rag import GritRAG
 
 logger = logging.get_logger(__name__)
 
@@ -444,7 +443,6 @@ def _create(
     model: Any, key: str, folder: str | None, load_kwargs: dict[str, Any], rag_kwargs: dict[str, Any]
 ) -> SharedGrit:
     from .modeling_gritlm import GritLMForCausalLM
-    from .rag import GritRAG
 
     if folder is not None:
         logger.info(f"Loading the shared GRIT model from {folder}.")

@@ -3,12 +3,8 @@ import fallback so `langchain_gritlm` and `llama_index.{embeddings,llms}.gritlm`
 
 from __future__ import annotations
 
-import atexit
-import functools
 import importlib.util
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,22 +14,10 @@ INTEGRATIONS = Path(__file__).resolve().parents[2] / "integrations"
 if importlib.util.find_spec("langchain_gritlm") is None:  # not installed (`pip install -e .` exposes them)
     sys.path.insert(0, str(INTEGRATIONS))  # llama_index is a namespace package: its path picks this folder up too
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `from integration_helpers import ...`
+
+from integration_helpers import DOCS, tiny_checkpoint  # noqa: E402
 from tiny import make_stock_checkpoint  # noqa: E402  (tests/ is on sys.path, see tests/conftest.py)
-
-DOCS = [
-    "The capital of France is Paris. Paris is a city on the Seine.",
-    "Berlin is the capital of Germany; it has many museums and parks.",
-    "Photosynthesis turns light, water and carbon dioxide into sugar and oxygen.",
-]
-
-
-@functools.cache
-def tiny_checkpoint(name: str = "chat") -> str:
-    """A tiny random Llama checkpoint folder, made once per process per `name` (the standard suites read it from a
-    class property, where fixtures are not available). Removed at exit."""
-    folder = Path(tempfile.mkdtemp(prefix=f"grit-integrations-{name}-"))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return str(make_stock_checkpoint(folder, "llama"))
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import DOCS, tiny_checkpoint
+from integration_helpers import DOCS, tiny_checkpoint
 from langchain_core.messages import AIMessage
 from langchain_gritlm import ChatGritLM, GritLMEmbeddings
 from langchain_tests.integration_tests import ChatModelIntegrationTests, EmbeddingsIntegrationTests
