@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -40,8 +39,15 @@ from .cache.positions import find_rotary_embedding, verify_rerotation
 from .cache.states import KVStates
 from .cache.store import KVStore, MemoryKVStore, compute_fingerprint
 from .formatting import apply_chat_template, check_texts, count_prefix_tokens, tokenize_with_prefix
-from .rag_generation import CachedSegment, GenerationResult, GenerationStream, Segment, SegmentGenerationMixin
-from .rag_prompts import RAG_MODES, RAGMode, RAGPrompts
+from .rag_generation import (
+    CachedSegment,
+    GenerationResult,
+    GenerationStream,
+    Segment,
+    SegmentGenerationMixin,
+    model_lock,
+)
+from .rag_prompts import RAG_MODES, RAGMode, RAGPrompts, split_on_texts
 
 logger = logging.get_logger(__name__)
 
@@ -58,24 +64,6 @@ __all__ = [
 
 CacheAttention = Literal["bidirectional", "causal"]
 _CACHED_QUERY_MODES = ("query", "query_doc", "doc_query")
-
-
-_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
-
-
-def model_lock(model) -> threading.RLock:
-    """The re-entrant lock that serialises use of `model` (one per model object, shared by every `GritRAG` on it).
-
-    Embedding toggles the decoder's attention flag for the duration of a call, so a forward that generates must not
-    run at the same time as one that embeds; hold this lock around direct `model.encode`/forward calls made
-    alongside a `GritRAG`.
-    """
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(model)
-        if lock is None:
-            lock = _LOCKS[model] = threading.RLock()
-        return lock
 
 
 @dataclass
@@ -178,8 +166,13 @@ class GritRAG(SegmentGenerationMixin):
     def _encode(self, texts: list[str], instruction: str, states: bool, embeddings: bool = True):
         """`(embeddings, states)` of `texts` under the model's lock: embeddings in the model's embedding attention,
         states (if asked) in the cache attention (one pass when the two agree; `embeddings=False` skips a pass)."""
-        kwargs = dict(instruction=instruction, batch_size=self.batch_size, max_length=self.max_length,
-                      convert_to_tensor=True, show_progress_bar=False)
+        kwargs = dict(
+            instruction=instruction,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            convert_to_tensor=True,
+            show_progress_bar=False,
+        )
         with self._lock:
             if not states:
                 return self.model.encode(texts, **kwargs), None
@@ -307,36 +300,21 @@ class GritRAG(SegmentGenerationMixin):
         if not isinstance(prompt, str):
             raise TypeError(f"`prompt` must be a str, got {type(prompt).__name__}.")
         candidates = self._ids if doc_ids is None else list(doc_ids)
-        matches = []
-        for doc_id in candidates:
-            text = self._texts.get(doc_id)
-            if not text:
-                continue
-            start = prompt.find(text)
-            while start >= 0:
-                matches.append((start, -len(text), doc_id))
-                start = prompt.find(text, start + 1)
-        template = self.model.config.document_template
-        segments: list[Segment] = []
-        position = 0
-        for start, negative_length, doc_id in sorted(matches):
-            if start < position:
-                continue
-            end = start - negative_length
-            if template and prompt.endswith(template, position, start):
-                start -= len(template)
-            if start > position:
-                segments.append(prompt[position:start])
-            segments.append(CachedSegment(doc_id))
-            position = end
-        if position < len(prompt):
-            segments.append(prompt[position:])
-        return segments
+        texts = {doc_id: self._texts[doc_id] for doc_id in candidates if self._texts.get(doc_id)}
+        pieces = split_on_texts(prompt, texts, self.model.config.document_template)
+        return [piece if isinstance(piece, str) else CachedSegment(piece[0]) for piece in pieces]
 
     # -- answering ---------------------------------------------------------------------------------------------------
     def _query_part(self, query: str, need_states: bool, need_embedding: bool = True):
         embedding, states = self._encode([query], self.query_instruction, need_states, need_embedding)
         return (embedding[0] if embedding is not None else None), (states[0] if states else None)
+
+    def query_states(self, query: str) -> KVStates:
+        """The states of `query` in its embedding format (query template + query) and the cache attention: what the
+        query-caching modes reuse (`answer` takes them from the retrieval pass itself)."""
+        if not isinstance(query, str):
+            raise TypeError(f"`query` must be a str, got {type(query).__name__}.")
+        return self._query_part(query, need_states=True, need_embedding=False)[1]
 
     def _text_ids(self, text: str, prefix: str, first: bool) -> list[int]:
         """The token ids the embedding pass runs for `prefix + text` (BOS dropped unless `first`)."""
@@ -356,7 +334,9 @@ class GritRAG(SegmentGenerationMixin):
             raise ValueError(f"Invalid `mode`: {mode!r}. Valid modes are: {RAG_MODES}.")
         prompts = self.prompts
         if mode == "none":
-            return [apply_chat_template(self.tokenizer, query, self.model.config.chat_template) + prompts.response_prefix]
+            return [
+                apply_chat_template(self.tokenizer, query, self.model.config.chat_template) + prompts.response_prefix
+            ]
         if mode in _CACHED_QUERY_MODES and query_states is None:
             _, query_states = self._query_part(query, need_states=True, need_embedding=False)
         docs_text = prompts.doc_separator.join(self.get_text(doc_id) for doc_id in doc_ids)
@@ -414,8 +394,16 @@ class GritRAG(SegmentGenerationMixin):
         docstring). Returns a `RAGAnswer` (`text`, `doc_ids`, `scores`, `cache_read_tokens`, ...), or with
         `stream=True` a `RAGStream` of text pieces whose `result` is the `RAGAnswer`."""
         pieces, answer = self._start_answer(
-            query, mode, top_k, max_new_tokens, stop, doc_ids,
-            temperature=temperature, top_p=top_p, ignore_eos=ignore_eos, seed=seed,
+            query,
+            mode,
+            top_k,
+            max_new_tokens,
+            stop,
+            doc_ids,
+            temperature=temperature,
+            top_p=top_p,
+            ignore_eos=ignore_eos,
+            seed=seed,
         )
         if stream:
             return RAGStream(pieces, answer)
@@ -423,7 +411,8 @@ class GritRAG(SegmentGenerationMixin):
             pass
         return answer
 
-    def stream_answer(self, query: str, mode: RAGMode = "doc", top_k: int = 1, max_new_tokens: int = 64,
-                      **kwargs) -> RAGStream:
+    def stream_answer(
+        self, query: str, mode: RAGMode = "doc", top_k: int = 1, max_new_tokens: int = 64, **kwargs
+    ) -> RAGStream:
         """`answer(..., stream=True)`: an iterator of text pieces; its `result` is the `RAGAnswer` at the end."""
         return self.answer(query, mode=mode, top_k=top_k, max_new_tokens=max_new_tokens, stream=True, **kwargs)

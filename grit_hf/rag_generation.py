@@ -12,6 +12,8 @@ forward).
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -24,7 +26,25 @@ from .cache.states import KVStates
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["CachedSegment", "Segment", "GenerationResult", "GenerationStream", "SegmentGenerationMixin"]
+__all__ = ["model_lock", "CachedSegment", "Segment", "GenerationResult", "GenerationStream", "SegmentGenerationMixin"]
+
+
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model) -> threading.RLock:
+    """The re-entrant lock that serialises use of `model` (one per model object, shared by every `GritRAG` on it).
+
+    Embedding toggles the decoder's attention flag for the duration of a call, so a forward that generates must not
+    run at the same time as one that embeds; hold this lock around direct `model.encode`/forward calls made
+    alongside a `GritRAG`.
+    """
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
 
 
 @dataclass(frozen=True)
@@ -267,8 +287,16 @@ class SegmentGenerationMixin:
                 close()
 
     def _start(
-        self, segments, max_new_tokens, stop, temperature=0.0, top_p=1.0, ignore_eos=False, seed=None,
-        reuse_cache=True, result: GenerationResult | None = None,
+        self,
+        segments,
+        max_new_tokens,
+        stop,
+        temperature=0.0,
+        top_p=1.0,
+        ignore_eos=False,
+        seed=None,
+        reuse_cache=True,
+        result: GenerationResult | None = None,
     ):
         stop = _check_generation_args(max_new_tokens, stop, temperature, top_p)
         parts = self._resolve(segments, reuse_cache)
@@ -329,4 +357,3 @@ class SegmentGenerationMixin:
         The prompt is composed before this returns."""
         pieces, result = self._start(segments, max_new_tokens, stop, temperature, top_p, ignore_eos, seed, reuse_cache)
         return GenerationStream(pieces, result)
-

@@ -26,7 +26,7 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["RAGMode", "RAG_MODES", "CACHING_MODES", "RAGPrompts", "fill"]
+__all__ = ["RAGMode", "RAG_MODES", "CACHING_MODES", "RAGPrompts", "fill", "chat_markers", "split_on_texts"]
 
 RAGMode = Literal["none", "rag_query_doc", "rag_doc_query", "query", "doc", "query_doc", "doc_query"]
 RAG_MODES = ("none", "rag_query_doc", "rag_doc_query", "query", "doc", "query_doc", "doc_query")
@@ -74,8 +74,16 @@ class RAGPrompts:
     response_prefix: str = ""
 
     def __post_init__(self):
-        for name in ("user", "assistant", "query_cached", "doc_cached", "query_doc_cached", "doc_query_cached",
-                     "doc_separator", "response_prefix"):
+        for name in (
+            "user",
+            "assistant",
+            "query_cached",
+            "doc_cached",
+            "query_doc_cached",
+            "doc_query_cached",
+            "doc_separator",
+            "response_prefix",
+        ):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"`{name}` must be a str, got {type(getattr(self, name)).__name__}.")
         if "{doc}" not in self.query_cached:
@@ -145,3 +153,32 @@ def chat_markers(tokenizer, template: str) -> tuple[str, str] | None:
     if not user or not assistant:
         return None
     return user, assistant
+
+
+def split_on_texts(prompt: str, texts: dict[str, str], template: str = "") -> list[str | tuple[str]]:
+    """Split `prompt` at verbatim occurrences of `texts` (`{id: text}`): `[str, (id,), str, ...]`.
+
+    The earliest match wins, then the longest; overlapping matches are skipped. A `template` directly before a match
+    is taken into the match (a cached document stands for `template + text`). Empty text pieces are left out.
+    """
+    matches = []
+    for doc_id, text in texts.items():
+        start = prompt.find(text) if text else -1
+        while start >= 0:
+            matches.append((start, -len(text), doc_id))
+            start = prompt.find(text, start + 1)
+    pieces: list[str | tuple[str]] = []
+    position = 0
+    for start, negative_length, doc_id in sorted(matches):
+        if start < position:
+            continue
+        end = start - negative_length
+        if template and prompt.endswith(template, position, start):
+            start -= len(template)
+        if start > position:
+            pieces.append(prompt[position:start])
+        pieces.append((doc_id,))
+        position = end
+    if position < len(prompt):
+        pieces.append(prompt[position:])
+    return pieces

@@ -28,7 +28,10 @@ FINGERPRINT = Fingerprint("tiny", "c" * 64, "w" * 64, "t" * 64, "torch.float32",
 def _states(seq: int = 5, layers: int = 2, dtype=torch.float32, seed: int = 0, is_causal: bool = False) -> KVStates:
     generator = torch.Generator().manual_seed(seed)
     pairs = [
-        (torch.randn(1, 2, seq, 8, generator=generator).to(dtype), torch.randn(1, 2, seq, 8, generator=generator).to(dtype))
+        (
+            torch.randn(1, 2, seq, 8, generator=generator).to(dtype),
+            torch.randn(1, 2, seq, 8, generator=generator).to(dtype),
+        )
         for _ in range(layers)
     ]
     return KVStates(torch.arange(seq) + seed, cache_from_layers(pairs), is_causal)
@@ -147,7 +150,9 @@ def test_compute_fingerprint_tracks_weights_tokenizer_attention_and_dtype(stock_
     assert compute_fingerprint(model, is_causal=False, weights_hash="full").weights != base.weights
     assert compute_fingerprint(model.to(torch.bfloat16), is_causal=False).dtype == "torch.bfloat16"
     other = GritLMForCausalLM.from_pretrained(stock_checkpoint("qwen2"))
-    assert {"config", "weights"} <= {line.split(":")[0] for line in compute_fingerprint(other, False).differences(base)}
+    assert {"config", "weights"} <= {
+        line.split(":")[0] for line in compute_fingerprint(other, False).differences(base)
+    }
     with pytest.raises(ValueError, match="`weights_hash`"):
         compute_fingerprint(model, False, weights_hash="none")
 
@@ -161,7 +166,7 @@ def test_failed_write_keeps_the_old_entry_and_leaves_no_temporary(tmp_path, monk
     store.put("a", old)
 
     def half_write(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"__meta")  # a truncated header
+        Path(filename).write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"__meta')  # a truncated header
         raise OSError("disk full")
 
     monkeypatch.setattr(store_module, "save_file", half_write)

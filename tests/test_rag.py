@@ -48,8 +48,11 @@ def _reference_generate(model, ids: list[int], max_new_tokens: int) -> list[int]
     input_ids = torch.tensor([ids])
     with torch.inference_mode():
         output = model.generate(
-            input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
-            min_new_tokens=max_new_tokens, do_sample=False,
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens,
+            do_sample=False,
         )
     return output[0, len(ids) :].tolist()
 
@@ -132,7 +135,11 @@ def test_split_prompt_finds_documents_and_absorbs_the_template(causal_rag):
     prompt = f"{template}{DOCS[0]}\nContext: {DOCS[1]} and again {DOCS[1]}\nQ: {QUERY}"
     segments = causal_rag.split_prompt(prompt)
     assert segments == [
-        CachedSegment("paris"), "\nContext: ", CachedSegment("berlin"), " and again ", CachedSegment("berlin"),
+        CachedSegment("paris"),
+        "\nContext: ",
+        CachedSegment("berlin"),
+        " and again ",
+        CachedSegment("berlin"),
         f"\nQ: {QUERY}",
     ]
     assert causal_rag.split_prompt("nothing here") == ["nothing here"]
@@ -150,9 +157,10 @@ def test_cached_document_first_in_a_prompt_is_exact(causal_rag):
     uncached = causal_rag.generate_from_segments(segments, reuse_cache=False, **GEN)
     assert cached.token_ids == uncached.token_ids
     assert cached.cache_read_tokens == causal_rag.store.get("photo").num_tokens and uncached.cache_read_tokens == 0
-    ids = causal_rag.store.get("photo").input_ids.tolist() + causal_rag.tokenizer(
-        segments[1], add_special_tokens=False
-    )["input_ids"]
+    ids = (
+        causal_rag.store.get("photo").input_ids.tolist()
+        + causal_rag.tokenizer(segments[1], add_special_tokens=False)["input_ids"]
+    )
     assert cached.prompt_tokens == len(ids)
     assert cached.token_ids == _reference_generate(causal_rag.model, ids, 10)
 
@@ -208,9 +216,10 @@ def test_decode_caches_agree(model, causal_rag, kind):
     other = GritRAG(model, cache_attention="causal", store=causal_rag.store, decode_cache=kind)
     other._ids, other._texts, other._embeddings = causal_rag._ids, causal_rag._texts, causal_rag._embeddings
     for mode in ("doc", "query_doc", "rag_doc_query"):
-        assert other.answer(QUERY, mode=mode, top_k=2, **GEN).token_ids == causal_rag.answer(
-            QUERY, mode=mode, top_k=2, **GEN
-        ).token_ids
+        assert (
+            other.answer(QUERY, mode=mode, top_k=2, **GEN).token_ids
+            == causal_rag.answer(QUERY, mode=mode, top_k=2, **GEN).token_ids
+        )
 
 
 def test_preallocated_layer_grows_and_crops():
@@ -239,9 +248,10 @@ def test_compiled_static_decode_on_cuda(stock_checkpoint):
 def test_disk_store_serves_the_same_answers_and_refuses_other_setups(model, causal_rag, tmp_path):
     disk = GritRAG(model, cache_attention="causal", store=DiskKVStore(tmp_path))
     disk.add_documents(DOCS, ids=["paris", "berlin", "photo"])
-    assert disk.answer(QUERY, mode="doc", top_k=2, **GEN).token_ids == causal_rag.answer(
-        QUERY, mode="doc", top_k=2, **GEN
-    ).token_ids
+    assert (
+        disk.answer(QUERY, mode="doc", top_k=2, **GEN).token_ids
+        == causal_rag.answer(QUERY, mode="doc", top_k=2, **GEN).token_ids
+    )
     other = GritRAG(model, cache_attention="bidirectional", store=DiskKVStore(tmp_path))
     other._ids, other._texts, other._embeddings = disk._ids, disk._texts, disk._embeddings
     with pytest.raises(FingerprintMismatchError, match="attention"):

@@ -87,8 +87,10 @@ def new_cache(kind: str, config, capacity: int):
 def append_states(cache, layers: list[tuple[torch.Tensor, torch.Tensor]]):
     """Append per-layer `(keys, values)` to `cache`; returns the cache (a new one when `cache` is an empty
     `DynamicCache`, which then holds the given tensors without a copy)."""
-    if type(cache) is DynamicCache and cache.get_seq_length() == 0 and not any(
-        isinstance(layer, PreallocatedLayer) for layer in cache.layers
+    if (
+        type(cache) is DynamicCache
+        and cache.get_seq_length() == 0
+        and not any(isinstance(layer, PreallocatedLayer) for layer in cache.layers)
     ):
         return cache_from_layers(layers)
     for index, (keys, values) in enumerate(layers):

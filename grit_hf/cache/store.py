@@ -173,8 +173,9 @@ def _check_states(doc_id: str, states: KVStates, fingerprint: Fingerprint | None
         raise ValueError("This store has no fingerprint yet: pass `fingerprint=` or call `store.bind(fingerprint)`.")
     mode = "causal" if states.is_causal else "bidirectional"
     if mode != fingerprint.attention:
-        raise ValueError(f"States for {doc_id!r} were computed with {mode} attention, the store expects "
-                         f"{fingerprint.attention}.")
+        raise ValueError(
+            f"States for {doc_id!r} were computed with {mode} attention, the store expects {fingerprint.attention}."
+        )
     return fingerprint
 
 
