@@ -18,9 +18,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
+from transformers import StaticCache
 from transformers.utils import logging
 
-from .cache.buffers import append_states, new_cache
+from .cache.buffers import append_states, new_cache, static_cache_size
 from .cache.positions import shift_layers
 from .cache.states import KVStates
 
@@ -31,6 +32,7 @@ __all__ = ["model_lock", "CachedSegment", "Segment", "GenerationResult", "Genera
 
 _LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
+_POOL_GUARD = threading.Lock()
 
 
 def model_lock(model) -> threading.RLock:
@@ -204,7 +206,7 @@ class SegmentGenerationMixin:
             parts.append(_Part(last.ids[-1:]))
         ends = [len(part.ids) if part.end is None else part.end for part in parts]
         capacity = sum(end - part.start for part, end in zip(parts, ends)) + max_new_tokens
-        cache = new_cache(self.decode_cache, self.model.config.get_text_config(decoder=True), capacity)
+        cache = self._new_cache(capacity)
         position, cache_read, pending_ids, logits = 0, 0, [], None
         device = self.model.device
         for index, (part, end) in enumerate(zip(parts, ends)):
@@ -222,12 +224,33 @@ class SegmentGenerationMixin:
                 cache_read += end - part.start
         return cache, logits, position, cache_read
 
+    def _new_cache(self, capacity: int):
+        """A cache for `capacity` positions; static caches come from a pool (one per size, reset before reuse), so
+        a compiled decode step keeps seeing the same buffers instead of recompiling for every answer."""
+        config = self.model.config.get_text_config(decoder=True)
+        if self.decode_cache == "static":
+            size = static_cache_size(capacity)
+            with _POOL_GUARD:
+                free = self.__dict__.setdefault("_static_pool", {}).get(size)
+                if free:
+                    cache = free.pop()
+                    cache.reset()
+                    return cache
+        return new_cache(self.decode_cache, config, capacity)
+
+    def _release_cache(self, cache) -> None:
+        if isinstance(cache, StaticCache):
+            with _POOL_GUARD:
+                self.__dict__.setdefault("_static_pool", {}).setdefault(cache.layers[0].max_cache_len, []).append(
+                    cache
+                )
+
     def _decode_forward(self):
         """The forward the decode loop calls: compiled for the static cache on CUDA with `compile=True`."""
         if not (self.compile and self.decode_cache == "static" and self.model.device.type == "cuda"):
             return self.model
         if getattr(self, "_compiled_forward", None) is None:
-            self._compiled_forward = torch.compile(self.model.forward, mode="reduce-overhead", fullgraph=True)
+            self._compiled_forward = torch.compile(self.model.forward, mode="reduce-overhead")
         return self._compiled_forward
 
     # -- decoding ----------------------------------------------------------------------------------------------------
@@ -241,23 +264,26 @@ class SegmentGenerationMixin:
             generator = torch.Generator(device=logits.device).manual_seed(seed)
         forward = self._decode_forward()
         device = self.model.device
-        with torch.inference_mode():
-            for step in range(max_new_tokens):
-                token = _pick(logits, temperature, top_p, generator)
-                if token in eos_ids and not ignore_eos:
-                    result.finish_reason = "stop"
-                    return
-                yield token
-                if step + 1 == max_new_tokens:
-                    return
-                with self._lock:
-                    logits = forward(
-                        input_ids=torch.tensor([[token]], device=device),
-                        position_ids=torch.tensor([[position]], device=device),
-                        past_key_values=cache,
-                        use_cache=True,
-                    ).logits[0, -1]
-                position += 1
+        try:
+            with torch.inference_mode():
+                for step in range(max_new_tokens):
+                    token = _pick(logits, temperature, top_p, generator)
+                    if token in eos_ids and not ignore_eos:
+                        result.finish_reason = "stop"
+                        return
+                    yield token
+                    if step + 1 == max_new_tokens:
+                        return
+                    with self._lock:
+                        logits = forward(
+                            input_ids=torch.tensor([[token]], device=device),
+                            position_ids=torch.tensor([[position]], device=device),
+                            past_key_values=cache,
+                            use_cache=True,
+                        ).logits[0, -1]
+                    position += 1
+        finally:
+            self._release_cache(cache)
 
     def _text_stream(self, tokens: Iterator[int], stop: list[str], result: GenerationResult) -> Iterator[str]:
         emitted = ""

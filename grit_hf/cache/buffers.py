@@ -18,7 +18,7 @@ from transformers.cache_utils import DynamicLayer
 
 from .store import cache_from_layers
 
-__all__ = ["DecodeCache", "DECODE_CACHES", "PreallocatedLayer", "new_cache", "append_states"]
+__all__ = ["DecodeCache", "DECODE_CACHES", "PreallocatedLayer", "new_cache", "append_states", "static_cache_size"]
 
 DecodeCache = Literal["preallocated", "dynamic", "static"]
 DECODE_CACHES = ("preallocated", "dynamic", "static")
@@ -72,12 +72,17 @@ class PreallocatedLayer(DynamicLayer):
             self._set_views()
 
 
+def static_cache_size(capacity: int) -> int:
+    """Static caches come in sizes of multiples of 512 positions (fewer shapes to compile for)."""
+    return max(1, -(-capacity // 512)) * 512
+
+
 def new_cache(kind: str, config, capacity: int):
     """An empty cache of `kind` for `capacity` positions of a model with (text) config `config`."""
     if kind not in DECODE_CACHES:
         raise ValueError(f"Invalid `decode_cache`: {kind!r}. Valid choices are: {DECODE_CACHES}.")
     if kind == "static":
-        return StaticCache(config=config, max_cache_len=-(-capacity // 256) * 256)
+        return StaticCache(config=config, max_cache_len=static_cache_size(capacity))
     cache = DynamicCache()
     if kind == "preallocated":
         cache.layers.extend(PreallocatedLayer(capacity) for _ in range(config.num_hidden_layers))
