@@ -350,7 +350,8 @@ class SegmentGenerationMixin:
         their offset; they stand for `document_template + text`, without a leading BOS unless first).
 
         Args:
-            segments: the prompt, in order.
+            segments: the prompt, in order (token id lists and a query's `KVStates`, as `GritRAG.build_segments`
+                makes them, are accepted too).
             max_new_tokens: the most tokens to generate.
             stop: stop string(s); the text ends before the first one found.
             temperature: 0 decodes greedily; above 0 samples.
@@ -362,10 +363,12 @@ class SegmentGenerationMixin:
         Returns:
             A `GenerationResult` (text, token ids, prompt/cache-read/completion token counts, finish reason).
         """
-        pieces, result = self._start(segments, max_new_tokens, stop, temperature, top_p, ignore_eos, seed, reuse_cache)
-        for _ in pieces:
+        stream = self.stream_from_segments(
+            segments, max_new_tokens, stop, temperature, top_p, ignore_eos, seed, reuse_cache
+        )
+        for _ in stream:
             pass
-        return result
+        return stream.result
 
     def stream_from_segments(
         self,
