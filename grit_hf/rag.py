@@ -20,7 +20,16 @@ bidirectional caches (the paper, one embedding pass gives both the embedding and
 Positions: every cached part is re-rotated to the offset it takes in the prompt, so several documents (`top_k > 1`)
 and query+document caches sit at correct, consecutive positions (the reference started every cache at 0). A cached
 document stands for its whole embedding input, `document_template + text` (plus BOS when it opens the prompt; a BOS
-is dropped when the document comes later).
+is dropped when the document comes later). `split_prompt` therefore takes a document template that directly precedes
+a document's text in a rendered prompt into the cached part, and otherwise the template's tokens are added there: a
+prompt that starts with a cached document continues exactly as without the cache (causal caches).
+
+Counts: `prompt_tokens` counts every prompt token, `cache_read_tokens` those whose states were reused rather than
+computed during generation (stored document states, and the query states of the retrieval pass in query modes).
+
+Threads: one re-entrant lock per model (`model_lock`) is held around every forward pass (embedding toggles the
+decoder's attention flag), so several threads and `GritRAG` instances may share a model; streams interleave by token.
+Stored states are never written to: they are copied once into the decode cache of each answer.
 """
 
 from __future__ import annotations
