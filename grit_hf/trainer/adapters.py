@@ -1,0 +1,50 @@
+"""PEFT adapters of GRIT models: load one onto its base, or merge it into a full grit-hf checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["load_adapter_model", "merge_adapter"]
+
+
+def load_adapter_model(adapter_dir: str | os.PathLike, base_model: str | os.PathLike | None = None, **kwargs):
+    """A `PeftModel` of the adapter in `adapter_dir` on its GRIT base model (the base recorded in the adapter's
+    config unless `base_model` is given; `"default"` is the default model). `kwargs` go to `from_pretrained`."""
+    from peft import PeftModel
+
+    from ..default_model import resolve_model_path
+    from ..modeling_gritlm import GritLMForCausalLM
+
+    adapter_dir = Path(adapter_dir)
+    config_path = adapter_dir / "adapter_config.json"
+    if not config_path.is_file():
+        raise ValueError(
+            f"`adapter_dir` must be a PEFT adapter folder with adapter_config.json, got {str(adapter_dir)!r}."
+        )
+    if base_model is None:
+        base_model = json.loads(config_path.read_text()).get("base_model_name_or_path")
+        if not base_model:
+            raise ValueError(f"{config_path} names no base model: pass `base_model`.")
+    base = GritLMForCausalLM.from_pretrained(resolve_model_path(base_model), **kwargs)
+    return PeftModel.from_pretrained(base, str(adapter_dir))
+
+
+def merge_adapter(
+    adapter_dir: str | os.PathLike, output_dir: str | os.PathLike, base_model: str | os.PathLike | None = None
+) -> Path:
+    """Merge the adapter in `adapter_dir` into its base model and save a full grit-hf checkpoint in `output_dir`."""
+    from transformers import AutoTokenizer
+
+    from ..conversion import save_grit_checkpoint
+
+    model = load_adapter_model(adapter_dir, base_model).merge_and_unload()
+    tokenizer_dir = adapter_dir if (Path(adapter_dir) / "tokenizer_config.json").is_file() else model.name_or_path
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    logger.info(f"Merging the adapter {adapter_dir} into {model.name_or_path}; saving to {output_dir}")
+    return save_grit_checkpoint(model, tokenizer, output_dir)

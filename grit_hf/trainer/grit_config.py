@@ -1,0 +1,158 @@
+"""`GRITConfig`: the training arguments of `GRITTrainer` (TRL's `SFTConfig` plus the GRIT objective and data)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from transformers.utils import logging
+from trl import SFTConfig
+
+from .losses import GEN_LOSS_AGGREGATIONS
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["GRITConfig", "GRIT_MODES"]
+
+GRIT_MODES = ("unified", "embedding", "generative")
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+
+
+@dataclass
+class GRITConfig(SFTConfig):
+    r"""
+    Configuration of the [`GRITTrainer`]: every [`~trl.SFTConfig`] argument (which applies to the generative stream),
+    plus the GRIT objective `L = lambda_rep * L_rep + lambda_gen * L_gen` and its two data streams.
+
+    Parameters:
+        > Parameters that control the objective
+
+        mode (`str`, *optional*, defaults to `"unified"`):
+            `"unified"` (both losses), `"embedding"` (L_rep only) or `"generative"` (L_gen only).
+        lambda_rep (`float`, *optional*, defaults to `1.0`):
+            Weight of the contrastive loss L_rep.
+        lambda_gen (`float`, *optional*, defaults to `1.0`):
+            Weight of the next-token loss L_gen.
+        temperature (`float`, *optional*, defaults to `0.02`):
+            InfoNCE temperature on cosine similarities (the reference value).
+        gen_loss_aggregation (`str`, *optional*, defaults to `"mixed"`):
+            How token losses become L_gen: `"token"` (every token of the global batch weighs the same), `"sample"`
+            (every sample weighs the same), `"mixed"` (token level inside each sub-batch, then the mean over
+            sub-batches; the GRIT paper's best).
+        gen_sub_batch_size (`int`, *optional*):
+            Samples per sub-batch for `"mixed"`. By default a sub-batch is one process's micro-batch.
+
+        > Parameters that control the data
+
+        embedding_dataset (`str`, *optional*):
+            Embedding examples: a .jsonl/.json file, a folder of them, a retrieval folder (queries.jsonl,
+            corpus.jsonl, qrels.tsv, task.json), a saved `datasets` folder or a dataset name. Can also be passed to
+            the trainer as a `datasets.Dataset`.
+        generative_dataset (`str`, *optional*):
+            Generative examples (`text`, `messages` or `prompt`/`completion` records), same kinds of source.
+        dataset_train_split (`str`, *optional*, defaults to `"train"`):
+            Split to use for sources with several splits.
+        emb_batch_size (`int`, *optional*, defaults to `8`):
+            Embedding queries per process and micro-step, independent of `per_device_train_batch_size` (the
+            generative examples per process and micro-step).
+        emb_chunk_size (`int`, *optional*):
+            GradCache chunk size: embed at most this many texts per forward/backward pass (same gradient, memory
+            bounded by the chunk). `None` embeds the whole batch in one graph.
+        num_hard_negatives (`int`, *optional*, defaults to `1`):
+            Hard negatives per query (from its `neg` list; random passages when it has none).
+        query_max_length (`int`, *optional*, defaults to `256`):
+            Tokens per query, instruction and format included.
+        passage_max_length (`int`, *optional*, defaults to `512`):
+            Tokens per passage, format included.
+        negatives_cross_device (`bool`, *optional*, defaults to `False`):
+            Use the passages of every process as negatives (autograd-aware all-gather; exact gradients).
+        same_dataset_negatives (`bool`, *optional*, defaults to `False`):
+            Build every embedding batch from one source, so in-batch negatives come from the same dataset.
+
+    > [!NOTE]
+    > Differences from [`~trl.SFTConfig`]: the loss is the GRIT objective above; labels come from the data loader
+    > (assistant turns only), so `assistant_only_loss` and `completion_only_loss` are not used; `loss_type` must be
+    > `"nll"`; `average_tokens_across_devices` is implied (all aggregations are exact over the global batch). An epoch
+    > is a pass over the generative data (over the embedding data in `"embedding"` mode).
+    """
+
+    mode: str = field(
+        default="unified",
+        metadata={
+            "help": "Training objective: both losses, the embedding loss or the generative loss.",
+            "choices": list(GRIT_MODES),
+        },
+    )
+    lambda_rep: float = field(default=1.0, metadata={"help": "Weight of the contrastive loss L_rep."})
+    lambda_gen: float = field(default=1.0, metadata={"help": "Weight of the next-token loss L_gen."})
+    temperature: float = field(default=0.02, metadata={"help": "InfoNCE temperature on cosine similarities."})
+    gen_loss_aggregation: str = field(
+        default="mixed",
+        metadata={"help": "Aggregation of token losses into L_gen.", "choices": list(GEN_LOSS_AGGREGATIONS)},
+    )
+    gen_sub_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Samples per sub-batch for the 'mixed' aggregation (default: a process's micro-batch)."},
+    )
+    embedding_dataset: str | None = field(
+        default=None, metadata={"help": "Embedding data: file, folder, retrieval folder, saved dataset or name."}
+    )
+    generative_dataset: str | None = field(
+        default=None, metadata={"help": "Generative data: file, folder, saved dataset or name."}
+    )
+    dataset_train_split: str = field(default="train", metadata={"help": "Split of multi-split sources."})
+    emb_batch_size: int = field(default=8, metadata={"help": "Embedding queries per process and micro-step."})
+    emb_chunk_size: int | None = field(
+        default=None, metadata={"help": "GradCache chunk size for the embedding forward/backward (None: no chunks)."}
+    )
+    num_hard_negatives: int = field(default=1, metadata={"help": "Hard negatives per query."})
+    query_max_length: int = field(default=256, metadata={"help": "Maximum tokens per query (prefix included)."})
+    passage_max_length: int = field(default=512, metadata={"help": "Maximum tokens per passage (prefix included)."})
+    negatives_cross_device: bool = field(
+        default=False, metadata={"help": "Gather passages from all processes as negatives (exact gradients)."}
+    )
+    same_dataset_negatives: bool = field(
+        default=False, metadata={"help": "Draw each embedding batch from a single source dataset."}
+    )
+
+    def __post_init__(self):
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu and not _has_accelerator():
+            # Without `use_cpu`, accelerate treats CPU-only processes as independent single-process runs.
+            logger.info("Several processes and no accelerator: setting `use_cpu=True` (gloo).")
+            self.use_cpu = True
+        super().__post_init__()
+        if self.mode not in GRIT_MODES:
+            raise ValueError(f"Invalid `mode`: {self.mode!r}. Valid modes are: {GRIT_MODES}.")
+        if self.gen_loss_aggregation not in GEN_LOSS_AGGREGATIONS:
+            raise ValueError(
+                f"Invalid `gen_loss_aggregation`: {self.gen_loss_aggregation!r}. "
+                f"Valid choices are: {GEN_LOSS_AGGREGATIONS}."
+            )
+        if not self.temperature > 0:
+            raise ValueError(f"`temperature` must be positive, got {self.temperature!r}.")
+        for name in ("lambda_rep", "lambda_gen"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)!r}.")
+        for name in ("emb_batch_size", "query_max_length", "passage_max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be a positive int, got {getattr(self, name)!r}.")
+        for name in ("emb_chunk_size", "gen_sub_batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be a positive int or None, got {getattr(self, name)!r}.")
+        if self.num_hard_negatives < 0:
+            raise ValueError(f"`num_hard_negatives` must be >= 0, got {self.num_hard_negatives!r}.")
+        if self.loss_type != "nll":
+            raise ValueError(f"`loss_type` must be 'nll' for GRIT training, got {self.loss_type!r}.")
+        if (self.activation_checkpointing_kwargs or {}).get("use_reentrant"):
+            raise ValueError(
+                "`activation_checkpointing_kwargs={'use_reentrant': True}` is not supported: GRIT runs several forward "
+                "passes of the same layers before one backward, which needs non-reentrant checkpointing."
+            )
+        if self.mode == "unified" and self.lambda_rep == 0 and self.lambda_gen == 0:
+            raise ValueError("`lambda_rep` and `lambda_gen` are both 0: nothing to train.")

@@ -1,0 +1,338 @@
+"""`GRITTrainer`: TRL's `SFTTrainer` with the joint GRIT objective `L = lambda_rep * L_rep + lambda_gen * L_gen`."""
+
+from __future__ import annotations
+
+import functools
+import os
+import types
+from typing import Any
+
+import torch
+from accelerate.logging import get_logger
+from accelerate.utils import DistributedType
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from trl import SFTTrainer
+
+from ..conversion import CHECKPOINT_WRITERS, save_grit_checkpoint
+from ..default_model import resolve_model_path
+from ..modeling_gritlm import GritLMForCausalLM, GritLMPreTrainedModel
+from .collators import EmbeddingBatchSampler, EmbeddingCollator, StepIndexCollator
+from .data import load_embedding_dataset, load_generative_dataset
+from .grad_cache import representation_backward
+from .grit_config import GRITConfig
+from .losses import generative_loss_units, sample_index_from_position_ids
+
+logger = get_logger(__name__)
+
+__all__ = ["GRITTrainer", "add_embedding_forward"]
+
+_FORWARD_ONLY_KWARGS = (
+    "labels",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "inputs_embeds",
+    "use_cache",
+)
+
+
+def add_embedding_forward(model: GritLMPreTrainedModel) -> None:
+    """Let `model(input_ids=..., attention_mask=..., prefix_lengths=..., grit_embed=True)` return pooled embeddings.
+
+    The embedding pass then goes through the model's `__call__`, so DDP, FSDP, DeepSpeed and PEFT wrappers see it like
+    any forward pass. It is `embedding_forward` + `pool`, the path of `encode` (bidirectional attention, fp32 pooling
+    over the text tokens only). Without `grit_embed` the forward is unchanged.
+    """
+    previous_forward = model.forward
+
+    @functools.wraps(type(model).forward)
+    def _forward(self, *args, grit_embed: bool = False, prefix_lengths: torch.Tensor | None = None, **kwargs):
+        if not grit_embed:
+            return previous_forward(*args, **kwargs)
+        if args or prefix_lengths is None:
+            raise TypeError("The embedding forward takes `input_ids`, `attention_mask` and `prefix_lengths` keywords.")
+        input_ids, attention_mask = kwargs.pop("input_ids"), kwargs.pop("attention_mask")
+        kwargs = {k: v for k, v in kwargs.items() if k not in _FORWARD_ONLY_KWARGS and v is not None}
+        outputs = self.embedding_forward(input_ids, attention_mask, use_cache=False, **kwargs)
+        return self.pool(outputs.last_hidden_state, attention_mask, prefix_lengths)
+
+    model.forward = types.MethodType(_forward, model)
+
+
+def _unwrap_grit(model) -> GritLMPreTrainedModel | None:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base if isinstance(base, GritLMPreTrainedModel) else None
+
+
+class GRITTrainer(SFTTrainer):
+    """Train one model to embed and to generate (GRIT).
+
+    Each micro-step takes `emb_batch_size` embedding examples (queries with a positive and hard negatives) from the
+    embedding stream and `per_device_train_batch_size` generative examples from the generative stream (the training
+    data loader, prepared by `SFTTrainer`: truncation, packing, padding-free). L_rep is InfoNCE over the same
+    bidirectional, instruction-excluded pooling as `encode`; L_gen is the next-token loss on assistant tokens with
+    the configured aggregation. `loss_rep` and `loss_gen` are logged next to `loss`. Checkpoints are grit-hf
+    checkpoints (or PEFT adapters with `peft_config`).
+
+    Args:
+        model: a `GritLMForCausalLM` (or a PEFT model around one), or a checkpoint path (`"default"` for the default
+            model; stock decoder checkpoints are wrapped).
+        args: a `GRITConfig`.
+        train_dataset: the generative data (a `datasets.Dataset` or a source path); defaults to
+            `args.generative_dataset`.
+        embedding_dataset: the embedding data (a `datasets.Dataset` or a source path); defaults to
+            `args.embedding_dataset`.
+        eval_dataset: optional generative evaluation data (L_gen only).
+        processing_class: the tokenizer (loaded from the model's folder if not given).
+        peft_config: a `peft.PeftConfig` (LoRA, QLoRA with a quantized model).
+        **kwargs: passed on to `SFTTrainer` (`callbacks`, `optimizers`, ...).
+    """
+
+    _tag_names = ["trl", "sft", "grit", "grit-hf"]
+    _name = "GRIT"
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        model: str | Any,
+        args: GRITConfig | None = None,
+        train_dataset: Any = None,
+        embedding_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        peft_config: Any = None,
+        **kwargs,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else getattr(model.config, "name_or_path", "") or "model"
+            args = GRITConfig(f"{os.path.basename(str(name).rstrip('/'))}-GRIT")
+        elif not isinstance(args, GRITConfig):
+            raise TypeError(f"`args` must be a `GRITConfig`, got {type(args).__name__}.")
+        if isinstance(model, (str, os.PathLike)):
+            model = GritLMForCausalLM.from_pretrained(resolve_model_path(model), **(args.model_init_kwargs or {}))
+        grit_model = _unwrap_grit(model)
+        if grit_model is None:
+            raise TypeError(
+                f"`model` must be a grit-hf model (`GritLMForCausalLM`) or a path, got {type(model).__name__}."
+            )
+        if processing_class is None:
+            processing_class = AutoTokenizer.from_pretrained(grit_model.name_or_path)
+        if not isinstance(processing_class, PreTrainedTokenizerBase):
+            raise TypeError(f"`processing_class` must be a tokenizer, got {type(processing_class).__name__}.")
+        if processing_class.pad_token is None:
+            processing_class.pad_token = processing_class.eos_token
+        self._grit_config = grit_model.config
+
+        generative, embedding = self._load_data(
+            args, train_dataset, embedding_dataset, processing_class, grit_model.config.chat_template
+        )
+        if eval_dataset is not None:
+            eval_dataset = load_generative_dataset(
+                eval_dataset, processing_class, grit_model.config.chat_template, args.dataset_train_split
+            )
+        world_size = args.world_size
+        if args.mode == "embedding":
+            sampler = EmbeddingBatchSampler(embedding["source"], args.emb_batch_size * world_size, args.seed)
+            rows = sampler.batches_per_epoch * world_size * args.per_device_train_batch_size
+            import datasets
+
+            generative = datasets.Dataset.from_dict({"grit_step": list(range(rows))})
+            args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+            args.remove_unused_columns = False
+            args.packing = args.padding_free = False
+            kwargs["data_collator"] = StepIndexCollator()
+            if not grit_model.config.tie_word_embeddings and peft_config is None:
+                grit_model.lm_head.requires_grad_(False)  # unused by L_rep; DDP needs every trainable param used
+
+        super().__init__(
+            model, args=args, train_dataset=generative, eval_dataset=eval_dataset,
+            processing_class=processing_class, peft_config=peft_config, **kwargs,
+        )  # fmt: skip
+        if self.is_deepspeed_enabled and args.emb_chunk_size is not None:
+            raise ValueError(
+                "`emb_chunk_size` (GradCache) needs several backward passes per step: not with DeepSpeed."
+            )
+        add_embedding_forward(_unwrap_grit(self.model))
+
+        self._embedding_dataset = embedding
+        if embedding is not None:
+            self._emb_sampler = EmbeddingBatchSampler(
+                embedding["source"], args.emb_batch_size * self.accelerator.num_processes, args.seed,
+                same_dataset=args.same_dataset_negatives,
+            )  # fmt: skip
+            self._emb_collator = EmbeddingCollator(
+                processing_class, grit_model.config, args.num_hard_negatives, args.query_max_length,
+                args.passage_max_length, seed=args.seed,
+            )  # fmt: skip
+        self._gen_units_total: torch.Tensor | None = None
+        self._micro = (-1, 0)  # (global step, micro-steps taken in it)
+        self._grit_sums = dict.fromkeys(("loss_rep", "loss_gen", "num_tokens_rep", "num_tokens_gen"), 0.0)
+        self._grit_tokens_seen = {"num_tokens_rep": 0, "num_tokens_gen": 0}  # all processes, this run
+        self._grit_steps: set[int] = set()  # optimizer steps since the last log
+
+    @staticmethod
+    def _load_data(args: GRITConfig, train_dataset, embedding_dataset, tokenizer, chat_template: str | None):
+        generative_source = train_dataset if train_dataset is not None else args.generative_dataset
+        embedding_source = embedding_dataset if embedding_dataset is not None else args.embedding_dataset
+        needs = {"unified": ("generative", "embedding"), "embedding": ("embedding",), "generative": ("generative",)}
+        sources = {"generative": generative_source, "embedding": embedding_source}
+        for kind in needs[args.mode]:
+            if sources[kind] is None:
+                what = "`train_dataset`/`generative_dataset`" if kind == "generative" else "`embedding_dataset`"
+                raise ValueError(f"`mode={args.mode!r}` needs {kind} data: set {what}.")
+        generative = embedding = None
+        if "generative" in needs[args.mode]:
+            generative = load_generative_dataset(generative_source, tokenizer, chat_template, args.dataset_train_split)
+        if "embedding" in needs[args.mode]:
+            embedding = load_embedding_dataset(embedding_source, args.dataset_train_split)
+        return generative, embedding
+
+    # -- training step -------------------------------------------------------------------------------------------------
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """Also count the L_gen units (tokens, samples or sub-batches) of the whole global batch, over every
+        gradient accumulation micro-batch and process, so that every aggregation is exact."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.args.mode != "embedding":
+            units = torch.zeros((), device=device)
+            for batch in batch_samples:
+                mask = batch["labels"][:, 1:] != -100
+                _, batch_units = generative_loss_units(
+                    torch.zeros(mask.shape, device=mask.device), mask, self.args.gen_loss_aggregation,
+                    self._sample_index(batch), self.args.gen_sub_batch_size,
+                )  # fmt: skip
+                units = units + batch_units.to(device)
+            self._gen_units_total = self.accelerator.reduce(units, "sum")
+        return batch_samples, num_items_in_batch
+
+    @staticmethod
+    def _sample_index(inputs: dict) -> torch.Tensor | None:
+        if "position_ids" in inputs and "attention_mask" not in inputs:  # packed / padding-free rows
+            return sample_index_from_position_ids(inputs["position_ids"])[:, 1:]
+        return None
+
+    def _next_micro_step(self) -> int:
+        step, taken = self._micro
+        if step != self.state.global_step:
+            step, taken = self.state.global_step, 0
+        self._micro = (step, taken + 1)
+        return step * self.args.gradient_accumulation_steps + taken
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        kwargs = {"scale_wrt_gas": False} if self.accelerator.distributed_type == DistributedType.DEEPSPEED else {}
+        self.accelerator.backward(loss, **kwargs)
+
+    def _generative_share(self, model, inputs: dict) -> torch.Tensor:
+        """This micro-batch's share of the global batch's L_gen (the shares of all micro-batches and processes sum
+        to L_gen)."""
+        inputs = {k: v for k, v in inputs.items() if k != "grit_step"}
+        inputs["use_cache"] = False
+        if self.aux_loss_enabled:
+            inputs["output_router_logits"] = True
+        outputs = model(**inputs, fused_lm_head=True)
+        total, units = generative_loss_units(
+            -outputs.log_probs, outputs.label_mask, self.args.gen_loss_aggregation, self._sample_index(inputs),
+            self.args.gen_sub_batch_size,
+        )  # fmt: skip
+        units_total = self._gen_units_total
+        if units_total is None:  # called outside the training loop: this micro-batch alone
+            units_total = units * self.current_gradient_accumulation_steps * self.accelerator.num_processes
+        share = total / units_total.clamp(min=1)
+        if self.aux_loss_enabled:
+            scale = self.current_gradient_accumulation_steps * self.accelerator.num_processes
+            share = share + self.router_aux_loss_coef * outputs.aux_loss / scale
+        return share
+
+    def _embedding_batch(self, micro_step: int) -> dict:
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        indices = self._emb_sampler.local_batch(micro_step, rank, world)
+        batch = self._emb_collator(self._embedding_dataset, indices, micro_step)
+        device = self.accelerator.device
+        return {key: value.to(device) for key, value in batch.items()}
+
+    def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        """One micro-step: L_rep on this micro-step's embedding batch and L_gen on `inputs`, one synchronised
+        backward at the end (GradCache chunks before it run without gradient synchronisation)."""
+        model.train()
+        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+            self.optimizer.train()
+        inputs = self._prepare_inputs(inputs)
+        micro_step = self._next_micro_step()
+        self._grit_steps.add(self.state.global_step)
+        args = self.args
+        accumulation = self.current_gradient_accumulation_steps
+        world = self.accelerator.num_processes
+        gen_share = rep_loss = None
+
+        def generative_loss() -> torch.Tensor:
+            nonlocal gen_share
+            gen_share = self._generative_share(model, inputs)
+            return args.lambda_gen * gen_share * world  # DDP averages gradients over processes
+
+        with self.maybe_activation_offload_context, self.compute_loss_context_manager():
+            if args.mode == "generative":
+                self._backward(generative_loss())
+            else:
+                batch = self._embedding_batch(micro_step)
+
+                def embed(features):
+                    return model(
+                        input_ids=features.input_ids, attention_mask=features.attention_mask,
+                        prefix_lengths=features.prefix_lengths, grit_embed=True,
+                    )  # fmt: skip
+
+                rep_loss, _ = representation_backward(
+                    embed, batch["queries"], batch["passages"], batch["targets"], args.temperature,
+                    loss_scale=args.lambda_rep / accumulation, chunk_size=args.emb_chunk_size,
+                    cross_device=args.negatives_cross_device,
+                    no_sync=functools.partial(self.accelerator.no_sync, model=model), backward=self._backward,
+                    extra_loss=generative_loss if args.mode == "unified" else None,
+                )  # fmt: skip
+        if args.mode != "generative":
+            self._grit_sums["num_tokens_rep"] += (
+                batch["queries"].attention_mask.sum() + batch["passages"].attention_mask.sum()
+            )
+        if args.mode != "embedding":
+            mask = inputs.get("attention_mask")
+            self._grit_sums["num_tokens_gen"] += mask.sum() if mask is not None else inputs["input_ids"].numel()
+        loss = torch.zeros((), device=self.accelerator.device)
+        if rep_loss is not None:
+            self._grit_sums["loss_rep"] += rep_loss / (accumulation * world)
+            loss = loss + args.lambda_rep * rep_loss / accumulation
+        if gen_share is not None:
+            self._grit_sums["loss_gen"] += gen_share.detach()
+            loss = loss + args.lambda_gen * gen_share.detach() * world
+        return loss.detach()
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add `loss_rep` and `loss_gen` (means over the steps since the last log) and the embedding and generative
+        tokens seen so far (`num_tokens_rep`, `num_tokens_gen`, all processes) to training logs."""
+        if "loss" in logs and self.model.training:
+            steps = max(len(self._grit_steps), 1)
+            self._grit_steps.clear()
+            keys = list(self._grit_sums)
+            values = torch.tensor([float(self._grit_sums[k]) for k in keys], dtype=torch.float64)
+            totals = dict(zip(keys, self.accelerator.reduce(values.to(self.accelerator.device), "sum").tolist()))
+            self._grit_sums = dict.fromkeys(keys, 0.0)
+            if self.args.mode != "generative":
+                logs["loss_rep"] = round(totals["loss_rep"] / steps, 6)
+            if self.args.mode != "embedding":
+                logs["loss_gen"] = round(totals["loss_gen"] / steps, 6)
+            for key in self._grit_tokens_seen:
+                self._grit_tokens_seen[key] += int(totals[key])
+                logs[key] = self._grit_tokens_seen[key]
+        super().log(logs, start_time)
+
+    # -- saving --------------------------------------------------------------------------------------------------------
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Save a grit-hf checkpoint (stock-layout weights, tokenizer with chat template, the files of every
+        checkpoint writer); PEFT models save their adapter."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        if isinstance(model, GritLMPreTrainedModel) and state_dict is None and self.args.should_save:
+            save_grit_checkpoint(model, self._tokenizer, output_dir)
+            torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+            return
+        super()._save(output_dir, state_dict)
+        if isinstance(model, GritLMPreTrainedModel) and self.args.should_save:
+            for writer in CHECKPOINT_WRITERS:
+                writer(output_dir, model, self._tokenizer)
