@@ -87,7 +87,8 @@ def train(training_args, model_args):
     trainer.accelerator.wait_for_everyone()
     if trainer.accelerator.is_main_process:
         print(f"Saved the GRIT model to {training_args.output_dir}", file=sys.stderr)
-    trainer.end()
+    if hasattr(trainer, "end"):  # transformers >= 5.18: finish trackers, destroy the process group
+        trainer.end()
     return trainer
 
 

@@ -112,7 +112,7 @@ def _iter_source(source: Any, split: str, kind: str) -> Iterator[tuple[str, dict
         yield from _iter_source(datasets.load_dataset(str(source), split=split), split, kind)
 
 
-# -- embedding ---------------------------------------------------------------------------------------------------------
+# -- embedding ------------------------------------------------------------------------------------------------------
 def _pair(value: Any, where: str, field: str) -> tuple[str, str]:
     if isinstance(value, str):
         return "", value
@@ -191,7 +191,7 @@ def load_embedding_dataset(source: Any, split: str = "train"):
     return datasets.Dataset.from_dict({column: [row[column] for row in rows] for column in EMBEDDING_COLUMNS})
 
 
-# -- generative --------------------------------------------------------------------------------------------------------
+# -- generative -----------------------------------------------------------------------------------------------------
 def _as_messages(value: Any, where: str, field: str, default_role: str) -> list[dict[str, str]]:
     if isinstance(value, str):
         return [{"role": default_role, "content": value}]

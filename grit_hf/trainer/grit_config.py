@@ -149,10 +149,11 @@ class GRITConfig(SFTConfig):
             raise ValueError(f"`num_hard_negatives` must be >= 0, got {self.num_hard_negatives!r}.")
         if self.loss_type != "nll":
             raise ValueError(f"`loss_type` must be 'nll' for GRIT training, got {self.loss_type!r}.")
-        if (self.activation_checkpointing_kwargs or {}).get("use_reentrant"):
+        checkpointing_kwargs = getattr(self, "activation_checkpointing_kwargs", self.gradient_checkpointing_kwargs)
+        if (checkpointing_kwargs or {}).get("use_reentrant"):
             raise ValueError(
-                "`activation_checkpointing_kwargs={'use_reentrant': True}` is not supported: GRIT runs several forward "
-                "passes of the same layers before one backward, which needs non-reentrant checkpointing."
+                "`activation_checkpointing_kwargs={'use_reentrant': True}` is not supported: GRIT runs several "
+                "forward passes of the same layers before one backward, which needs non-reentrant checkpointing."
             )
         if self.mode == "unified" and self.lambda_rep == 0 and self.lambda_gen == 0:
             raise ValueError("`lambda_rep` and `lambda_gen` are both 0: nothing to train.")

@@ -132,7 +132,11 @@ class GRITTrainer(SFTTrainer):
             )
         world_size = args.world_size
         if args.mode == "embedding":
-            sampler = EmbeddingBatchSampler(embedding["source"], args.emb_batch_size * world_size, args.seed)
+            if train_dataset is not None:
+                logger.warning("`mode='embedding'` trains on the embedding data only: `train_dataset` is ignored.")
+            sampler = EmbeddingBatchSampler(
+                embedding["source"], args.emb_batch_size * world_size, args.seed, args.same_dataset_negatives
+            )
             rows = sampler.batches_per_epoch * world_size * args.per_device_train_batch_size
             import datasets
 
@@ -164,6 +168,12 @@ class GRITTrainer(SFTTrainer):
                 processing_class, grit_model.config, args.num_hard_negatives, args.query_max_length,
                 args.passage_max_length, seed=args.seed,
             )  # fmt: skip
+        logger.info(
+            f"GRIT {args.mode}: {args.emb_batch_size} embedding queries (+{args.num_hard_negatives} hard negatives "
+            f"each, chunks of {args.emb_chunk_size or 'all'}) and {args.per_device_train_batch_size} generative "
+            f"examples per process and micro-step; L = {args.lambda_rep} L_rep + {args.lambda_gen} L_gen "
+            f"({args.gen_loss_aggregation} aggregation)."
+        )
         self._gen_units_total: torch.Tensor | None = None
         self._micro = (-1, 0)  # (global step, micro-steps taken in it)
         self._grit_sums = dict.fromkeys(("loss_rep", "loss_gen", "num_tokens_rep", "num_tokens_gen"), 0.0)
@@ -187,7 +197,7 @@ class GRITTrainer(SFTTrainer):
             embedding = load_embedding_dataset(embedding_source, args.dataset_train_split)
         return generative, embedding
 
-    # -- training step -------------------------------------------------------------------------------------------------
+    # -- training step -----------------------------------------------------------------------------------------------
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """Also count the L_gen units (tokens, samples or sub-batches) of the whole global batch, over every
         gradient accumulation micro-batch and process, so that every aggregation is exact."""
@@ -322,7 +332,7 @@ class GRITTrainer(SFTTrainer):
                 logs[key] = self._grit_tokens_seen[key]
         super().log(logs, start_time)
 
-    # -- saving --------------------------------------------------------------------------------------------------------
+    # -- saving ------------------------------------------------------------------------------------------------------
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Save a grit-hf checkpoint (stock-layout weights, tokenizer with chat template, the files of every
         checkpoint writer); PEFT models save their adapter."""
