@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from accelerate.logging import get_logger
 from accelerate.utils import DistributedType
+from accelerate.utils.memory import clear_device_cache
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from trl import SFTTrainer
 
@@ -121,7 +122,6 @@ class GRITTrainer(SFTTrainer):
             raise TypeError(f"`processing_class` must be a tokenizer, got {type(processing_class).__name__}.")
         if processing_class.pad_token is None:
             processing_class.pad_token = processing_class.eos_token
-        self._grit_config = grit_model.config
 
         generative, embedding = self._load_data(
             args, train_dataset, embedding_dataset, processing_class, grit_model.config.chat_template
@@ -304,6 +304,8 @@ class GRITTrainer(SFTTrainer):
         if args.mode != "embedding":
             mask = inputs.get("attention_mask")
             self._grit_sums["num_tokens_gen"] += mask.sum() if mask is not None else inputs["input_ids"].numel()
+        if args.torch_empty_cache_steps is not None and self.state.global_step % args.torch_empty_cache_steps == 0:
+            clear_device_cache()
         loss = torch.zeros((), device=self.accelerator.device)
         if rep_loss is not None:
             self._grit_sums["loss_rep"] += rep_loss / (accumulation * world)
@@ -320,7 +322,8 @@ class GRITTrainer(SFTTrainer):
             steps = max(len(self._grit_steps), 1)
             self._grit_steps.clear()
             keys = list(self._grit_sums)
-            values = torch.tensor([float(self._grit_sums[k]) for k in keys], dtype=torch.float64)
+            dtype = torch.float32 if self.accelerator.device.type == "mps" else torch.float64  # exact token counts
+            values = torch.tensor([float(self._grit_sums[k]) for k in keys], dtype=dtype)
             totals = dict(zip(keys, self.accelerator.reduce(values.to(self.accelerator.device), "sum").tolist()))
             self._grit_sums = dict.fromkeys(keys, 0.0)
             if self.args.mode != "generative":
