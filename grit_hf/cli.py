@@ -88,7 +88,16 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from grit_hf.demo import run_demo
 
-    return run_demo(model=args.model, question=args.question, show_progress_bar=not args.no_progress)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return run_demo(
+        model=args.model,
+        question=args.question,
+        cache_attention=args.cache_attention,
+        show_progress_bar=not args.no_progress,
+    )
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -122,6 +131,13 @@ def make_parser() -> argparse.ArgumentParser:
     demo = subparsers.add_parser("demo", help="Offline RAG demo on the default model: embed, retrieve, answer.")
     demo.add_argument("--model", default="default")
     demo.add_argument("--question", default=None, help="question to answer (default: a built-in one)")
+    demo.add_argument(
+        "--cache-attention",
+        default="causal",
+        choices=["causal", "bidirectional"],
+        help="states to cache: causal (exact; the default model is not GRIT-trained) or the embedding pass's own",
+    )
+    demo.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     demo.set_defaults(func=_cmd_demo)
 

@@ -172,7 +172,14 @@ class GritRAG(SegmentGenerationMixin):
         self._embeddings = torch.empty(0, model.config.text_config.hidden_size)
 
     # -- indexing ----------------------------------------------------------------------------------------------------
-    def _encode(self, texts: list[str], instruction: str, states: bool, embeddings: bool = True):
+    def _encode(
+        self,
+        texts: list[str],
+        instruction: str,
+        states: bool,
+        embeddings: bool = True,
+        show_progress_bar: bool | None = False,
+    ):
         """`(embeddings, states)` of `texts` under the model's lock: embeddings in the model's embedding attention,
         states (if asked) in the cache attention (one pass when the two agree; `embeddings=False` skips a pass)."""
         kwargs = dict(
@@ -180,7 +187,7 @@ class GritRAG(SegmentGenerationMixin):
             batch_size=self.batch_size,
             max_length=self.max_length,
             convert_to_tensor=True,
-            show_progress_bar=False,
+            show_progress_bar=show_progress_bar,
         )
         with self._lock:
             if not states:
@@ -191,12 +198,15 @@ class GritRAG(SegmentGenerationMixin):
             _, kv = self.model.encode(texts, return_states=True, is_causal=self.causal_cache, **kwargs)
             return vectors, kv
 
-    def add_documents(self, texts: str | Sequence[str], ids: Sequence[str] | None = None) -> list[str]:
+    def add_documents(
+        self, texts: str | Sequence[str], ids: Sequence[str] | None = None, show_progress_bar: bool | None = None
+    ) -> list[str]:
         """Embed documents and store their states (one encode pass gives both when the attentions agree).
 
         Args:
             texts: the documents.
             ids: their ids (default: the first 16 hex digits of the sha256 of each text). An existing id is replaced.
+            show_progress_bar: show tqdm bars; `None` shows them when the logger is at INFO or DEBUG.
 
         Returns:
             The ids, in order.
@@ -214,7 +224,7 @@ class GritRAG(SegmentGenerationMixin):
             raise ValueError("`ids` contain duplicates.")
         if not texts:
             return []
-        embeddings, states = self._encode(texts, "", states=True)
+        embeddings, states = self._encode(texts, "", states=True, show_progress_bar=show_progress_bar)
         with self._lock:
             for doc_id, text, kv in zip(ids, texts, states):
                 self.store.put(doc_id, kv)

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 INTEGRATIONS = Path(__file__).resolve().parents[2] / "integrations"
 if importlib.util.find_spec("langchain_gritlm") is None:  # not installed (`pip install -e .` exposes them)
@@ -18,15 +17,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `from integration_he
 
 from integration_helpers import DOCS, tiny_checkpoint  # noqa: E402
 from tiny import make_stock_checkpoint  # noqa: E402  (tests/ is on sys.path, see tests/conftest.py)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run ~10x faster on one thread than on two contended ones (the CPU is shared); restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
