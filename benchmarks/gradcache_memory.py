@@ -17,10 +17,7 @@ SmolLM2-135M-Instruct). Inputs are random token ids of fixed lengths (memory dep
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import resource
 import shlex
 import subprocess
@@ -30,6 +27,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from report import environment, write_report  # noqa: E402
 
 __all__ = ["main"]
 
@@ -139,29 +139,6 @@ def check_gradients(args) -> float:
     return max((grads[0][n] - grads[1][n]).abs().max().item() for n in grads[0]) / scale
 
 
-def _environment(args) -> dict:
-    import accelerate
-    import torch
-    import transformers
-    import trl
-
-    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu"
-    cpu_model = next(
-        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?"
-    )
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpu": cpu_model, "cpu_count": os.cpu_count(), "device": device},
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "trl": trl.__version__,
-            "accelerate": accelerate.__version__,
-        },  # fmt: skip
-    }
-
-
 def _markdown(report: dict) -> str:
     lines = [
         "# GradCache memory benchmark (one embedding step: InfoNCE forward + backward)",
@@ -223,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or f"random Llama (hidden {args.hidden_size}, {args.layers} layers, vocab 8192)"
     on_cuda = args.device.startswith("cuda")
     report = {
-        **_environment(args),
+        **environment("transformers", "trl", "accelerate"),
         "command": "python benchmarks/gradcache_memory.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "model": model, "query_length": args.query_length, "passage_length": args.passage_length,
         "memory_measure": "torch.cuda.max_memory_allocated during the step" if on_cuda else
@@ -231,12 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         "gradient_check": {"batch": min(args.batch_sizes), "max_rel_diff": check_gradients(args)},
         "results": results,
     }  # fmt: skip
-    text = _markdown(report)
-    print(text)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{args.output}.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-        Path(f"{args.output}.md").write_text(text)
+    write_report(args.output, report, _markdown(report))
     return 0
 
 

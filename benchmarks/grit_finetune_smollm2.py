@@ -29,11 +29,9 @@ with `PYTHONUNBUFFERED=1` and `--results $OUT/finetune_smollm2_h100`.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import random
 import resource
 import shlex
@@ -43,7 +41,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from report import environment, write_report  # noqa: E402
 from transformers.utils import logging  # noqa: E402
 
 logger = logging.get_logger(__name__)
@@ -131,29 +131,6 @@ def evaluate(model, tokenizer, data, passages: list[str]) -> dict:
         "heldout_next_token": {k: round(v, 4) for k, v in heldout_loss(model, tokenizer, passages).items()},
         "probe": {"prompt": PROBE, "answer": chat(model, PROBE, max_new_tokens=40)},
         "seconds": round(time.perf_counter() - start, 1),
-    }
-
-
-def _environment() -> dict:
-    import accelerate
-    import peft
-    import torch
-    import transformers
-    import trl
-
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(), "gpu": gpu},
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "trl": trl.__version__,
-            "transformers": transformers.__version__,
-            "peft": peft.__version__,
-            "accelerate": accelerate.__version__,
-        },  # fmt: skip
     }
 
 
@@ -262,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     after = evaluate(trained, tokenizer, data, passages)
 
     report = {
-        **_environment(),
+        **environment("transformers", "trl", "peft", "accelerate"),
         "label": ("CPU smoke run" if not cuda else "GPU smoke run") if smoke else ("GPU run" if cuda else "CPU run"),
         "smoke": smoke,
         "command": "python benchmarks/grit_finetune_smollm2.py "
@@ -281,12 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             "log_history": [{k: e[k] for k in ("step", "loss", "loss_rep", "loss_gen") if k in e} for e in history],
         },
     }  # fmt: skip
-    text = _markdown(report)
-    print(text)
-    if args.results:
-        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{args.results}.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-        Path(f"{args.results}.md").write_text(text)
+    write_report(args.results, report, _markdown(report))
     return 0
 
 
