@@ -15,6 +15,7 @@ __all__ = [
     "count_prefix_tokens",
     "tokenize_with_prefix",
     "pad_right",
+    "length_sorted_batches",
     "pad_token_id",
     "apply_chat_template",
 ]
@@ -86,6 +87,29 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
         if token_id is not None:
             return int(token_id)
     return 0
+
+
+def length_sorted_batches(
+    lengths: Sequence[int], batch_size: int, max_padding: float = 0.1, min_padding_tokens: int = 16
+) -> list[list[int]]:
+    """Group the indices of `lengths` into batches of at most `batch_size`, longest first (stable), for right padding
+    with little waste: a batch also ends before a text shorter than its first by more than `max_padding` of that
+    length and by more than `min_padding_tokens` tokens, so long texts pad by about 10% at most while short texts
+    still share batches."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        if current:
+            longest = lengths[current[0]]
+            gap = longest - lengths[index]
+            if len(current) >= batch_size or (gap > max_padding * longest and gap > min_padding_tokens):
+                batches.append(current)
+                current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
 
 
 def pad_right(
