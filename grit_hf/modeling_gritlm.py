@@ -16,7 +16,7 @@ from transformers.utils import logging
 
 from .cache.states import KVStates, split_batch_cache
 from .configuration_gritlm import GritLMConfig
-from .formatting import check_texts, pad_right, pad_token_id, tokenize_with_prefix
+from .formatting import check_texts, length_sorted_batches, pad_right, pad_token_id, tokenize_with_prefix
 from .pooling import pool, text_token_mask
 
 logger = logging.get_logger(__name__)
@@ -146,7 +146,8 @@ class GritLMPreTrainedModel(PreTrainedModel):
         Args:
             sentences: a text or a list of texts.
             instruction: the plain task instruction, e.g. "Given a question, retrieve passages that answer it".
-            batch_size: texts per forward pass (batches are sorted by length; the output keeps the input order).
+            batch_size: most texts per forward pass (batches hold texts of similar length, longest first, so
+                that little padding is computed; the output keeps the input order).
             max_length: tokens per text, prefix included; longer texts are truncated (with a one-time warning).
             normalize: L2-normalise (defaults to the config's `normalize`).
             convert_to_tensor: return a float32 `torch.Tensor` on the model's device instead of a numpy array.
@@ -181,13 +182,10 @@ class GritLMPreTrainedModel(PreTrainedModel):
         dim = self.config.text_config.hidden_size
         embeddings = torch.empty((len(texts), dim), dtype=torch.float32, device=self.device)
         states: list[KVStates | None] = [None] * len(texts)
-        order = sorted(range(len(texts)), key=lambda i: -len(token_ids[i]))
+        batches = length_sorted_batches([len(ids) for ids in token_ids], batch_size)
         pad_id = pad_token_id(tokenizer)
         causal = self.config.is_causal_embedding if is_causal is None else is_causal
-        for start in tqdm(
-            range(0, len(order), batch_size), desc="Embedding", unit="batch", disable=not show_progress_bar
-        ):
-            rows = order[start : start + batch_size]
+        for rows in tqdm(batches, desc="Embedding", unit="batch", disable=not show_progress_bar):
             input_ids, attention_mask = pad_right([token_ids[i] for i in rows], pad_id, self.device)
             outputs = self.embedding_forward(input_ids, attention_mask, is_causal=causal, use_cache=return_states)
             pooled = pool(
