@@ -170,11 +170,22 @@ class Retriever(Protocol):
     ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-def _top_k(scores: torch.Tensor, top_k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Best `top_k` documents per row; ties go to the document that comes first in the corpus."""
-    top_k = min(top_k, scores.shape[1])
-    order = torch.argsort(scores.float(), dim=1, descending=True, stable=True)[:, :top_k]
-    return order.numpy(), torch.gather(scores.float(), 1, order).numpy()
+def _dense_top_k(
+    queries: torch.Tensor, documents: torch.Tensor, top_k: int, similarity=None, chunk_size: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """Best `top_k` documents per query by `similarity` (default: dot product of normalised embeddings = cosine),
+    `chunk_size` queries at a time; ties go to the document that comes first in the corpus."""
+    top_k = min(top_k, documents.shape[0])
+    indices, scores = [], []
+    for start in range(0, queries.shape[0], chunk_size):
+        chunk = queries[start : start + chunk_size]
+        chunk_scores = (chunk @ documents.T if similarity is None else similarity(chunk, documents)).float().cpu()
+        order = torch.argsort(chunk_scores, dim=1, descending=True, stable=True)[:, :top_k]
+        indices.append(order)
+        scores.append(torch.gather(chunk_scores, 1, order))
+    if not indices:
+        return np.zeros((0, top_k), dtype=np.int64), np.zeros((0, top_k), dtype=np.float32)
+    return torch.cat(indices).numpy(), torch.cat(scores).numpy()
 
 
 class GritRetriever:
@@ -218,7 +229,7 @@ class GritRetriever:
         d = self.model.encode(
             documents, instruction=doc_instruction, normalize=True, convert_to_tensor=True, **self.encode_kwargs
         )
-        return _top_k((q @ d.T).cpu(), top_k)
+        return _dense_top_k(q, d, top_k)
 
 
 class SentenceTransformerRetriever:
@@ -264,7 +275,7 @@ class SentenceTransformerRetriever:
     def search(self, queries, documents, top_k, query_instruction="", doc_instruction=""):
         q = self._encode(queries, query_instruction, "query")
         d = self._encode(documents, doc_instruction, "document")
-        return _top_k(self.model.similarity(q, d).cpu(), top_k)
+        return _dense_top_k(q, d, top_k, similarity=self.model.similarity)
 
 
 class BM25Retriever:

@@ -41,6 +41,7 @@ from .configuration_gritlm import GritLMConfig
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
+    from transformers import PreTrainedTokenizerBase
 
     from .modeling_gritlm import GritLMPreTrainedModel
 
@@ -178,6 +179,7 @@ def add_sentence_transformers_files(
     *,
     task_instructions: dict[str, str] | None = None,
     max_seq_length: int | None = 512,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> Path:
     """Make a saved GRIT checkpoint folder a sentence-transformers model (and loadable with `trust_remote_code`).
 
@@ -189,6 +191,8 @@ def add_sentence_transformers_files(
         task_instructions: named prompts besides `query`/`document` (default: `TASK_INSTRUCTIONS`).
         max_seq_length: tokens per text in sentence-transformers, prompt included (512 like `model.encode`;
             `None` keeps the tokenizer's limit).
+        tokenizer: the checkpoint's tokenizer (read from `output_dir` when `None`, if it has one). Without a pad token,
+            sentence-transformers is told to pad with the end token, as `model.encode` does.
 
     Returns:
         `output_dir` as a `Path`.
@@ -209,6 +213,8 @@ def add_sentence_transformers_files(
             f"Not writing sentence-transformers files to {output_dir}: its `pooling_method='weightedmean'` has no "
             "exact sentence-transformers equivalent. Use `model.encode` for this checkpoint."
         )
+        for stale in ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json"):
+            (output_dir / stale).unlink(missing_ok=True)
         return output_dir
 
     modules = [
@@ -241,6 +247,12 @@ def add_sentence_transformers_files(
     }
     if max_seq_length is not None:
         transformer_config["max_seq_length"] = max_seq_length
+    prompts = sentence_transformers_prompts(config, task_instructions)
+    tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(output_dir)
+    if tokenizer is not None:
+        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+            transformer_config["processor_kwargs"] = {"pad_token": tokenizer.eos_token}
+        _check_prompt_lengths(tokenizer, prompts)
     _write_json(output_dir / "sentence_bert_config.json", transformer_config)
     _write_json(
         output_dir / "1_Pooling" / "config.json",
@@ -255,12 +267,36 @@ def add_sentence_transformers_files(
         {
             "__version__": _versions(),
             "model_type": "SentenceTransformer",
-            "prompts": sentence_transformers_prompts(config, task_instructions),
+            "prompts": prompts,
             "default_prompt_name": "document",
             "similarity_fn_name": "cosine",
         },
     )
     return output_dir
+
+
+def _load_tokenizer(folder: Path) -> PreTrainedTokenizerBase | None:
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def _check_prompt_lengths(tokenizer: PreTrainedTokenizerBase, prompts: dict[str, str]) -> None:
+    """Warn if sentence-transformers would count a prompt's tokens differently from `encode` (it drops any trailing
+    special token, `encode` only an appended end token), i.e. if a template ends with a special token."""
+    from .formatting import count_prefix_tokens
+
+    special = set(tokenizer.all_special_ids)
+    for name, prompt in prompts.items():
+        ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        st_length = len(ids) - (1 if ids and ids[-1] in special else 0)
+        if st_length != count_prefix_tokens(tokenizer, prompt):
+            logger.warning(
+                f"The {name!r} prompt {prompt!r} ends with a special token: sentence-transformers will pool that "
+                "token, `encode` does not. End the templates with plain text (e.g. a newline) for equal numbers."
+            )
 
 
 def load_sentence_transformer(model: str | os.PathLike = "default", **kwargs) -> SentenceTransformer:
@@ -277,7 +313,7 @@ def load_sentence_transformer(model: str | os.PathLike = "default", **kwargs) ->
 
 
 def _checkpoint_writer(output_dir: str | os.PathLike, model: GritLMPreTrainedModel, tokenizer: Any) -> None:
-    add_sentence_transformers_files(output_dir, model.config)
+    add_sentence_transformers_files(output_dir, model.config, tokenizer=tokenizer)
 
 
 def _save_pretrained_hook(save_directory: str | os.PathLike, model: GritLMPreTrainedModel) -> None:

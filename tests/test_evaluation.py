@@ -205,3 +205,18 @@ def test_cli_any_sentence_transformers_folder(tmp_path, capsys, monkeypatch):
 def test_cli_needs_a_model_or_bm25(tmp_path):
     with pytest.raises(SystemExit):
         main(["eval-retrieval", "--data", str(write_data(tmp_path / "data"))])
+
+
+def test_dense_top_k_in_chunks_and_ties():
+    import torch
+
+    from grit_hf.evaluation import _dense_top_k
+
+    generator = torch.Generator().manual_seed(0)
+    queries, documents = torch.randn(7, 5, generator=generator), torch.randn(11, 5, generator=generator)
+    whole = _dense_top_k(queries, documents, 4)
+    chunked = _dense_top_k(queries, documents, 4, chunk_size=2)
+    assert (whole[0] == chunked[0]).all() and np.allclose(whole[1], chunked[1])
+    assert whole[0].shape == (7, 4) and (np.diff(whole[1], axis=1) <= 0).all()
+    ties = _dense_top_k(torch.ones(1, 2), torch.ones(3, 2), 10)
+    assert ties[0].tolist() == [[0, 1, 2]]  # equal scores: corpus order; top_k capped at the corpus size

@@ -1,0 +1,51 @@
+"""The benchmark scripts run (tiny model, few texts) and their GPU modes exit cleanly without CUDA."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path("/work/shared/data/manpages/eval")
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_encode_flops_by_hand(grit_checkpoint):
+    from grit_hf import GritLMConfig
+
+    throughput = _load("encode_throughput")
+    config = GritLMConfig.from_pretrained(grit_checkpoint("llama"))  # hidden 64, 4 heads x 16, 2 kv heads, mlp 128
+    per_layer = 2 * 64 * (64 + 2 * 32) + 2 * 64 * 64 + 2 * 3 * 64 * 128
+    expected = 2 * per_layer * 10 + 4 * 64 * 2 * 10 * 10
+    assert throughput.encode_flops(config, [10]) == expected
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="needs the man-page data")
+def test_encode_throughput_runs_on_a_tiny_model(grit_checkpoint, tmp_path, capsys):
+    throughput = _load("encode_throughput")
+    argv = ["--model", str(grit_checkpoint("llama")), "--n-docs", "6", "--n-queries", "6", "--rounds", "1"]
+    assert throughput.main([*argv, "--max-length", "160", "--output", str(tmp_path / "tp")]) == 0
+    result = json.loads((tmp_path / "tp.json").read_text())
+    methods = {row["method"]: row for row in result["results"]}
+    assert set(methods) >= {"grit-hf", "sentence-transformers"}
+    assert all(row["max_abs_diff_vs_grit_hf"] <= 1e-5 for row in methods.values())
+    assert (tmp_path / "tp.md").read_text().count("|") > 10
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message printed without CUDA")
+def test_gpu_mode_skips_without_cuda(capsys):
+    throughput = _load("encode_throughput")
+    assert throughput.main(["--model", "mistral-7b-random", "--device", "cuda", "--dtype", "bfloat16"]) == 0
+    assert "CUDA is not available" in capsys.readouterr().out
