@@ -60,8 +60,7 @@ def make_random_mistral_7b(folder: Path, dtype: torch.dtype) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import MistralConfig, PreTrainedTokenizerFast
 
-    from grit_hf import GritLMConfig, GritLMForCausalLM
-    from grit_hf.conversion import save_grit_checkpoint
+    from grit_hf import GritLMConfig, GritLMForCausalLM, save_grit_checkpoint
 
     docs, queries = read_texts(10**9, 10**9)
     bpe = Tokenizer(models.BPE())
@@ -150,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import grit_hf  # noqa: F401  (registers the model type)
     from grit_hf import GritLMModel
-    from grit_hf.default_model import resolve_model_path
-    from grit_hf.sentence_transformers import grit_prompt
+    from grit_hf.checkpoint.resolve import resolve_checkpoint
+    from grit_hf.checkpoint.sentence_transformers import grit_prompt
 
     workdir = tempfile.TemporaryDirectory(prefix="grit-throughput-")
     if args.model == "mistral-7b-random":
@@ -159,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("--model mistral-7b-random needs --device cuda.")
         path = make_random_mistral_7b(Path(workdir.name) / "mistral-7b-random", dtype)
     else:
-        path = Path(resolve_model_path(args.model))
+        path = Path(resolve_checkpoint(args.model))
     docs, queries = read_texts(args.n_docs, args.n_queries)
     model = GritLMModel.from_pretrained(path, dtype=dtype).to(args.device).eval()
     tokenizer = model.tokenizer

@@ -39,11 +39,11 @@ def _build_model(args):
     from transformers import LlamaConfig
 
     from grit_hf import GritLMConfig, GritLMForCausalLM
-    from grit_hf.default_model import resolve_model_path
+    from grit_hf.checkpoint.resolve import resolve_checkpoint
 
     torch.manual_seed(0)
     if args.model:
-        model = GritLMForCausalLM.from_pretrained(resolve_model_path(args.model), dtype=torch.float32)
+        model = GritLMForCausalLM.from_pretrained(resolve_checkpoint(args.model), dtype=torch.float32)
     else:
         text_config = LlamaConfig(
             vocab_size=8192, hidden_size=args.hidden_size, intermediate_size=4 * args.hidden_size,

@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
     import torch
 
-    from grit_hf.default_model import resolve_model_path
+    from grit_hf.checkpoint.resolve import resolve_checkpoint
     from grit_hf.modeling_gritlm import GritLMForCausalLM
     from grit_hf.train import make_parser, train
 
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     output_dir = Path(args.output_dir)
     device = "cuda" if cuda else "cpu"
-    path = resolve_model_path("default")
+    path = resolve_checkpoint("default")
     model = GritLMForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
     tokenizer = model.tokenizer
 

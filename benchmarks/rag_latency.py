@@ -61,7 +61,7 @@ def load_model(name: str, device: str):
     from grit_hf import GritLMConfig, GritLMForCausalLM
 
     if name == "default":
-        from grit_hf.default_model import default_model_path
+        from grit_hf.checkpoint.default_model import default_model_path
 
         return GritLMForCausalLM.from_pretrained(default_model_path()).to(device).eval()
     if name != "mistral-7b-random":
@@ -112,7 +112,7 @@ def time_mode(rag, query, doc_id, mode, query_states, new_tokens, device):
     segments = rag.build_segments(query, mode, [doc_id], query_states)
     sync(device)
     start = time.perf_counter()
-    stream = rag.stream_from_segments(segments, max_new_tokens=new_tokens, ignore_eos=True)
+    stream = rag.generate_from_segments(segments, stream=True, max_new_tokens=new_tokens, ignore_eos=True)
     first = None
     for _ in stream:
         if first is None:

@@ -1,6 +1,7 @@
 """grit-hf: GRIT (Generative Representational Instruction Tuning) for the Hugging Face stack.
 
-`import grit_hf` registers the model type `gritlm` with `AutoConfig`, `AutoModel` and `AutoModelForCausalLM`.
+`import grit_hf` registers the model type `gritlm` with `AutoConfig`, `AutoModel` and `AutoModelForCausalLM`, and
+exports the public entry points.
 """
 
 from __future__ import annotations
@@ -8,16 +9,21 @@ from __future__ import annotations
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .cache import KVStates
+from .checkpoint.conversion import convert_checkpoint, grit_checkpoint_folder, sentence_transformer
+from .checkpoint.default_model import default_base_path, default_model_path
+from .checkpoint.loading import load_model
+from .checkpoint.resolve import resolve_checkpoint
+from .checkpoint.saving import save_grit_checkpoint
 from .configuration_gritlm import GritLMConfig
+from .generation import chat
 from .modeling_gritlm import GritLMForCausalLM, GritLMModel, GritLMPreTrainedModel, load_grit_config
+from .rag import GritRAG
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 AutoConfig.register(GritLMConfig.model_type, GritLMConfig, exist_ok=True)
 AutoModel.register(GritLMConfig, GritLMModel, exist_ok=True)
 AutoModelForCausalLM.register(GritLMConfig, GritLMForCausalLM, exist_ok=True)
-
-from . import sentence_transformers as _sentence_transformers  # noqa: E402,F401  (writes ST files on every save)
 
 __all__ = [
     "GritLMConfig",
@@ -25,6 +31,16 @@ __all__ = [
     "GritLMForCausalLM",
     "GritLMPreTrainedModel",
     "KVStates",
+    "GritRAG",
+    "chat",
     "load_grit_config",
+    "load_model",
+    "resolve_checkpoint",
+    "convert_checkpoint",
+    "save_grit_checkpoint",
+    "grit_checkpoint_folder",
+    "sentence_transformer",
+    "default_model_path",
+    "default_base_path",
     "__version__",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
@@ -12,10 +12,10 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 PoolingMethod = Literal["mean", "weightedmean", "lasttoken"]
-EmbeddingAttention = Literal["bidirectional", "causal"]
+Attention = Literal["bidirectional", "causal"]
 
-POOLING_METHODS = ("mean", "weightedmean", "lasttoken")
-EMBEDDING_ATTENTIONS = ("bidirectional", "causal")
+POOLING_METHODS: tuple[str, ...] = get_args(PoolingMethod)
+ATTENTIONS: tuple[str, ...] = get_args(Attention)
 
 # GritLM-7B's formats (plain text, not special tokens). See GRIT_SPEC.md.
 GRITLM_QUERY_TEMPLATE = "<|user|>\n{instruction}\n<|embed|>\n"
@@ -62,6 +62,13 @@ class GritLMConfig(PreTrainedConfig):
 
     chat_template (`str` or `None`):
         Jinja chat template used when the tokenizer has none. Defaults to GritLM-7B's Tülu-2 style format.
+    cache_attention (`str`, defaults to `"causal"`):
+        The key/value states RAG caches for a document by default: `"bidirectional"` (the embedding pass's own
+        states, one pass per document; set by `GRITTrainer` when the checkpoint was trained with the cache loss) or
+        `"causal"` (an extra causal pass per document; exact continuation for any model).
+
+    Invalid values raise a `ValueError` naming the field, the value and the valid choices (the choices are the
+    fields' `Literal` types).
 
     Example:
 
@@ -78,13 +85,14 @@ class GritLMConfig(PreTrainedConfig):
     sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
 
     text_config: dict | PreTrainedConfig | None = None
-    pooling_method: str = "mean"
+    pooling_method: PoolingMethod = "mean"
     normalize: bool = True
-    embedding_attention: str = "bidirectional"
+    embedding_attention: Attention = "bidirectional"
     query_template: str = GRITLM_QUERY_TEMPLATE
     document_template: str = GRITLM_DOCUMENT_TEMPLATE
     default_query_instruction: str = "Given a question, retrieve passages that answer the question"
     chat_template: str | None = GRITLM_CHAT_TEMPLATE
+    cache_attention: Attention = "causal"
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
@@ -94,16 +102,15 @@ class GritLMConfig(PreTrainedConfig):
         self._check_grit_settings()
 
     def _check_grit_settings(self) -> None:
-        """Raise a `ValueError` (not strict's own error type) naming the bad field, its value and the choices."""
-        if self.pooling_method not in POOLING_METHODS:
-            raise ValueError(
-                f"Invalid `pooling_method`: {self.pooling_method!r}. Valid pooling methods are: {POOLING_METHODS}."
-            )
-        if self.embedding_attention not in EMBEDDING_ATTENTIONS:
-            raise ValueError(
-                f"Invalid `embedding_attention`: {self.embedding_attention!r}. "
-                f"Valid choices are: {EMBEDDING_ATTENTIONS}."
-            )
+        """Raise a `ValueError` naming the bad field, its value and the choices. (The `Literal` annotations are not
+        enforced by the strict dataclass here: with postponed annotations it cannot resolve them.)"""
+        for name, choices in (
+            ("pooling_method", POOLING_METHODS),
+            ("embedding_attention", ATTENTIONS),
+            ("cache_attention", ATTENTIONS),
+        ):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"Invalid `{name}`: {getattr(self, name)!r}. Valid choices are: {choices}.")
         if "{instruction}" not in self.query_template:
             raise ValueError(f"`query_template` must contain '{{instruction}}', got {self.query_template!r}.")
         for name in ("query_template", "document_template"):
@@ -124,4 +131,4 @@ class GritLMConfig(PreTrainedConfig):
         return self.query_template.replace("{instruction}", instruction)
 
 
-__all__ = ["GritLMConfig", "POOLING_METHODS", "EMBEDDING_ATTENTIONS"]
+__all__ = ["GritLMConfig", "PoolingMethod", "Attention", "POOLING_METHODS", "ATTENTIONS"]

@@ -31,35 +31,34 @@ def _step(name: str, started: float) -> float:
 def run_demo(
     model: str = "default",
     question: str | None = None,
-    cache_attention: str = "causal",
+    cache_attention: str | None = None,
     show_progress_bar: bool = True,
 ) -> int:
     """Embed the bundled documents, retrieve the best one for `question` and answer it twice: re-reading the document
     text (plain RAG) and reusing its cached key/value states (doc caching). Prints each step and its time.
 
-    The default model was not GRIT-trained, so its bidirectional embedding states are a poor stand-in for causal ones;
-    the demo caches causal states by default (`cache_attention="causal"`: exact, one extra pass while indexing). A
-    GRIT-trained checkpoint can use the embedding pass's own states (`cache_attention="bidirectional"`, the paper).
+    `cache_attention=None` follows the checkpoint (`config.cache_attention`): a checkpoint trained with the cache loss
+    answers from the embedding pass's own states (bidirectional: one pass per document); any other caches causal
+    states (exact, one extra pass while indexing).
     """
-    import torch
-
-    from .default_model import resolve_model_path
-    from .modeling_gritlm import GritLMForCausalLM
+    from .checkpoint.loading import load_model
+    from .checkpoint.resolve import resolve_checkpoint
     from .rag import GritRAG
 
     question = question or DEFAULT_QUESTION
     total = time.perf_counter()
     print("grit-hf demo: one model embeds, retrieves and answers (offline).")
     started = time.perf_counter()
-    path = resolve_model_path(model)
+    path = resolve_checkpoint(model)
     started = _step(f"model checkpoint ready at {path}", started)
-    grit = GritLMForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    grit = load_model(path, device="cpu", dtype="float32")
     started = _step(
         f"loaded {grit.config.text_config.model_type} model ({grit.num_parameters() / 1e6:.0f}M params)", started
     )
 
     documents = load_demo_documents()
     rag = GritRAG(grit, query_instruction=INSTRUCTION, cache_attention=cache_attention)
+    cache_attention = rag.cache_attention
     rag.add_documents(
         [d["text"] for d in documents], ids=[d["id"] for d in documents], show_progress_bar=show_progress_bar
     )

@@ -3,34 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
+from .validation import check_positive_int, check_text
+
 logger = logging.get_logger(__name__)
 
 __all__ = [
-    "check_texts",
+    "EmbeddingInputs",
     "count_prefix_tokens",
     "tokenize_with_prefix",
     "pad_right",
     "length_sorted_batches",
     "pad_token_id",
+    "check_messages",
     "apply_chat_template",
 ]
-
-
-def check_texts(sentences: str | Sequence[str], name: str = "sentences") -> tuple[list[str], bool]:
-    """Return `(texts, was_single_string)`; raise `TypeError` naming the first item that is not a `str`."""
-    if isinstance(sentences, str):
-        return [sentences], True
-    if not isinstance(sentences, Sequence) or isinstance(sentences, (bytes, bytearray)):
-        raise TypeError(f"`{name}` must be a str or a list of str, got {type(sentences).__name__}.")
-    for index, text in enumerate(sentences):
-        if not isinstance(text, str):
-            raise TypeError(f"`{name}[{index}]` must be a str, got {type(text).__name__}: {text!r:.50}.")
-    return list(sentences), False
 
 
 def count_prefix_tokens(tokenizer: PreTrainedTokenizerBase, prefix: str) -> int:
@@ -42,20 +35,34 @@ def count_prefix_tokens(tokenizer: PreTrainedTokenizerBase, prefix: str) -> int:
     return len(ids)
 
 
-_warned_truncation = False
+@dataclass
+class EmbeddingInputs:
+    """Texts tokenized for the embedding pass: `prefix + text` per text, special tokens added.
+
+    Attributes:
+        token_ids: the token ids of each text (prefix included, no padding).
+        prefix_length: how many leading tokens of every row are prefix (BOS, format, instruction): excluded from
+            pooling.
+        truncated: whether each text was cut to fit `max_length`.
+    """
+
+    token_ids: list[list[int]]
+    prefix_length: int
+    truncated: list[bool] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
 
 
 def tokenize_with_prefix(
     tokenizer: PreTrainedTokenizerBase, prefix: str, texts: list[str], max_length: int
-) -> tuple[list[list[int]], int]:
+) -> EmbeddingInputs:
     """Tokenize `prefix + text` for each text (special tokens added, truncated to `max_length`).
 
-    Returns the token ids of each text and the number of prefix tokens. Raises `ValueError` if the prefix leaves no
-    room for text; warns once if a text is truncated.
+    Raises `ValueError` if the prefix leaves no room for text; logs a warning (every call) naming how many texts
+    were truncated, so that no text is cut silently.
     """
-    global _warned_truncation
-    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
-        raise ValueError(f"`max_length` must be a positive int, got {max_length!r}.")
+    check_positive_int(max_length, "max_length")
     prefix_length = count_prefix_tokens(tokenizer, prefix)
     if prefix_length >= max_length:
         raise ValueError(
@@ -63,22 +70,21 @@ def tokenize_with_prefix(
             f"`max_length`={max_length}. Shorten the instruction or raise `max_length`."
         )
     if not texts:
-        return [], prefix_length
+        return EmbeddingInputs([], prefix_length, [])
     ids = tokenizer([prefix + text for text in texts], add_special_tokens=True)["input_ids"]
-    too_long = [i for i, row in enumerate(ids) if len(row) > max_length]
-    if too_long:
-        if not _warned_truncation:
-            logger.warning(
-                f"{len(too_long)} text(s) are longer than `max_length`={max_length} tokens and were truncated "
-                "(this warning is shown once)."
-            )
-            _warned_truncation = True
-        truncated = tokenizer(
+    truncated = [len(row) > max_length for row in ids]
+    if any(truncated):
+        too_long = [i for i, cut in enumerate(truncated) if cut]
+        logger.warning(
+            f"{len(too_long)} of {len(texts)} text(s) are longer than `max_length`={max_length} tokens and were "
+            "truncated."
+        )
+        cut = tokenizer(
             [prefix + texts[i] for i in too_long], add_special_tokens=True, truncation=True, max_length=max_length
         )["input_ids"]
-        for i, row in zip(too_long, truncated):
+        for i, row in zip(too_long, cut):
             ids[i] = row
-    return ids, prefix_length
+    return EmbeddingInputs(ids, prefix_length, truncated)
 
 
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -125,6 +131,27 @@ def pad_right(
     return input_ids.to(device), attention_mask.to(device)
 
 
+def check_messages(messages: Any, name: str = "messages") -> list[dict[str, str]]:
+    """Return chat `messages` as a list of `{"role", "content"}` dicts of str (a str is one user message); raise
+    `TypeError`/`ValueError` naming the bad message otherwise."""
+    if isinstance(messages, str):
+        return [{"role": "user", "content": check_text(messages, name)}]
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise TypeError(
+            f"`{name}` must be a str or a non-empty list of {{'role', 'content'}} dicts, got {messages!r:.80}."
+        )
+    checked = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise TypeError(f"`{name}[{index}]` must be a dict with 'role' and 'content', got {message!r:.80}.")
+        for key in ("role", "content"):
+            if key not in message:
+                raise ValueError(f"`{name}[{index}]` has no {key!r}: every message needs 'role' and 'content'.")
+            check_text(message[key], f"{name}[{index}][{key!r}]")
+        checked.append({"role": message["role"], "content": message["content"]})
+    return checked
+
+
 def apply_chat_template(
     tokenizer: PreTrainedTokenizerBase,
     messages: str | list[dict[str, str]],
@@ -133,8 +160,7 @@ def apply_chat_template(
 ) -> str:
     """Render chat `messages` (or a single user prompt) with the tokenizer's chat template, or `fallback_template`
     when the tokenizer has none."""
-    if isinstance(messages, str):
-        messages = [{"role": "user", "content": messages}]
+    messages = check_messages(messages)
     template = tokenizer.chat_template or fallback_template
     if template is None:
         raise ValueError("The tokenizer has no chat template and the config sets no `chat_template`.")

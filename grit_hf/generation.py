@@ -1,25 +1,44 @@
-"""Plain chat generation with a GRIT model (the checkpoint's chat template applied)."""
+"""Plain chat generation with a GRIT model (the checkpoint's chat template applied), on grit-hf's one generation
+engine (`grit_hf.rag.decoding.Generator`)."""
 
 from __future__ import annotations
 
-import torch
-
 from .formatting import apply_chat_template
 from .modeling_gritlm import GritLMForCausalLM
+from .rag.decoding import GenerationOptions, GenerationResult, GenerationStream, Generator
+from .rag.segments import resolve_segments
 
 __all__ = ["chat"]
 
 
-@torch.inference_mode()
 def chat(
-    model: GritLMForCausalLM, messages: str | list[dict[str, str]], max_new_tokens: int = 128, **generate_kwargs
-) -> str:
-    """Render `messages` (or one user prompt) with the chat template, generate greedily and return the answer text."""
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"`max_new_tokens` must be a positive int, got {max_new_tokens!r}.")
-    tokenizer = model.tokenizer
-    prompt = apply_chat_template(tokenizer, messages, model.config.chat_template)
-    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
-    generate_kwargs.setdefault("do_sample", False)
-    output = model.generate(**inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
-    return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    model: GritLMForCausalLM,
+    messages: str | list[dict[str, str]],
+    max_new_tokens: int = 128,
+    stream: bool = False,
+    return_result: bool = False,
+    **options,
+) -> str | GenerationResult | GenerationStream:
+    """Render `messages` (or one user prompt) with the chat template and answer (greedy unless `temperature > 0`).
+
+    Args:
+        model: a `GritLMForCausalLM`.
+        messages: a user prompt, or `{"role", "content"}` messages.
+        max_new_tokens: the most tokens to generate.
+        stream: return a `GenerationStream` of text deltas.
+        return_result: return the `GenerationResult` (text and token counts) instead of the text.
+        **options: more `GenerationOptions` (`stop`, `temperature`, `top_p`, `seed`).
+
+    Returns:
+        The answer text (stripped), or the result / stream as asked.
+    """
+    if not isinstance(model, GritLMForCausalLM):
+        raise TypeError(f"`model` must be a GritLMForCausalLM, got {type(model).__name__}.")
+    options = GenerationOptions(max_new_tokens=max_new_tokens, **options)
+    prompt = apply_chat_template(model.tokenizer, messages, model.config.chat_template)
+    parts = resolve_segments([prompt], model.tokenizer)
+    pieces = Generator(model).stream(parts, options)
+    if stream:
+        return pieces
+    result = pieces.consume()
+    return result if return_result else result.text.strip()

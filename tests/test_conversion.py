@@ -8,9 +8,8 @@ import torch
 from torch.testing import assert_close
 from transformers import AutoModelForCausalLM, LlamaForCausalLM, MistralForCausalLM
 
-from grit_hf import GritLMConfig, GritLMForCausalLM
+from grit_hf import GritLMConfig, GritLMForCausalLM, convert_checkpoint
 from grit_hf.cli import main
-from grit_hf.conversion import convert_checkpoint
 
 
 def _logits(model, tokenizer, text="Paris is the capital of France"):
@@ -75,7 +74,7 @@ def test_other_families_round_trip(family, stock_checkpoint, tmp_path):
 def test_grit_settings_are_applied_and_checked(stock_checkpoint, tmp_path):
     out = convert_checkpoint(stock_checkpoint("llama"), tmp_path / "a", query_template="Q {instruction}: ")
     assert GritLMConfig.from_pretrained(out).query_template == "Q {instruction}: "
-    with pytest.raises(ValueError, match="Unknown GRIT setting `poolin`"):
+    with pytest.raises(ValueError, match=r"Unknown GRIT setting\(s\) \['poolin'\]"):
         convert_checkpoint(stock_checkpoint("llama"), tmp_path / "b", poolin="mean")
     with pytest.raises(ValueError, match="`pooling_method`"):
         convert_checkpoint(stock_checkpoint("llama"), tmp_path / "c", pooling_method="max")
@@ -88,8 +87,11 @@ def test_pickle_only_checkpoints_are_refused(stock_checkpoint, tmp_path):
         file.unlink()
     with pytest.raises(ValueError, match="safetensors only"):
         convert_checkpoint(source, tmp_path / "out")
-    with pytest.raises(ValueError, match="config.json"):
+    with pytest.raises(ValueError, match="neither an existing folder nor a Hugging Face Hub name"):
         convert_checkpoint(tmp_path / "nowhere", tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="config.json"):
+        convert_checkpoint(tmp_path / "empty", tmp_path / "out")
 
 
 def test_unknown_model_type_is_a_clear_error(stock_checkpoint, tmp_path):

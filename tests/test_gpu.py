@@ -32,8 +32,7 @@ def mistral_7b_dir(tmp_path_factory, stock_checkpoint):
     """A 7B-shaped Mistral GRIT checkpoint with random weights (bf16 on disk) and the tiny test tokenizer."""
     from transformers import AutoTokenizer
 
-    from grit_hf import GritLMConfig, GritLMForCausalLM
-    from grit_hf.conversion import save_grit_checkpoint
+    from grit_hf import GritLMConfig, GritLMForCausalLM, save_grit_checkpoint
 
     tokenizer = AutoTokenizer.from_pretrained(stock_checkpoint("mistral"))
     torch.manual_seed(0)

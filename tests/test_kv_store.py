@@ -159,7 +159,7 @@ def test_compute_fingerprint_tracks_weights_tokenizer_attention_and_dtype(stock_
 
 # -- atomicity --------------------------------------------------------------------------------------------------------
 def test_failed_write_keeps_the_old_entry_and_leaves_no_temporary(tmp_path, monkeypatch):
-    import grit_hf.cache.store as store_module
+    import grit_hf.cache.disk as disk_module
 
     store = DiskKVStore(tmp_path, fingerprint=FINGERPRINT)
     old = _states(seed=1)
@@ -169,7 +169,7 @@ def test_failed_write_keeps_the_old_entry_and_leaves_no_temporary(tmp_path, monk
         Path(filename).write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"__meta')  # a truncated header
         raise OSError("disk full")
 
-    monkeypatch.setattr(store_module, "save_file", half_write)
+    monkeypatch.setattr(disk_module, "save_file", half_write)
     with pytest.raises(OSError, match="disk full"):
         store.put("a", _states(seed=2))
     with pytest.raises(OSError, match="disk full"):
@@ -190,10 +190,10 @@ def test_crash_mid_write_never_leaves_a_half_written_entry(tmp_path):
         from pathlib import Path
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         import torch
-        import grit_hf.cache.store as store_module
+        import grit_hf.cache.disk as disk_module
         from test_kv_store import FINGERPRINT, _states
 
-        real_save = store_module.save_file
+        real_save = disk_module.save_file
 
         def crash(tensors, filename, metadata=None):
             real_save(tensors, filename, metadata=metadata)
@@ -201,8 +201,8 @@ def test_crash_mid_write_never_leaves_a_half_written_entry(tmp_path):
             Path(filename).write_bytes(data[: len(data) // 2])
             os._exit(3)  # killed before the entry is moved into place
 
-        store_module.save_file = crash
-        store = store_module.DiskKVStore({str(tmp_path)!r}, fingerprint=FINGERPRINT)
+        disk_module.save_file = crash
+        store = disk_module.DiskKVStore({str(tmp_path)!r}, fingerprint=FINGERPRINT)
         store.put("a", _states(seed=2))
         """
     )

@@ -109,7 +109,7 @@ def test_output_types(grit_checkpoint):
 @pytest.mark.parametrize("pooling", ["weightedmean", "lasttoken"])
 def test_other_pooling_methods_match_reference(pooling, stock_checkpoint, tmp_path):
     gritlm = pytest.importorskip("gritlm")
-    from grit_hf.conversion import convert_checkpoint
+    from grit_hf import convert_checkpoint
 
     path = convert_checkpoint(stock_checkpoint("llama"), tmp_path / "grit", pooling_method=pooling)
     model = GritLMForCausalLM.from_pretrained(path)
@@ -190,15 +190,13 @@ def test_bad_batch_size_and_max_length(llama, bad):
         llama.encode(["a"], max_length=bad)
 
 
-def test_long_text_is_truncated_with_one_warning(llama, caplog):
-    import grit_hf.formatting as formatting
-
-    formatting._warned_truncation = False
+def test_long_text_is_truncated_with_a_warning_per_call(llama, caplog):
     long_text = "word " * 400
     with caplog.at_level(logging.WARNING, logger="grit_hf.formatting"):
-        out = llama.encode([long_text, long_text + "more"], max_length=32)
+        out = llama.encode([long_text, long_text + "more", "short"], max_length=32)
         llama.encode([long_text], max_length=32)
-    assert sum("truncated" in r.message for r in caplog.records) == 1
+    warnings = [r.message for r in caplog.records if "truncated" in r.message]
+    assert len(warnings) == 2 and "2 of 3 text(s)" in warnings[0] and "1 of 1 text(s)" in warnings[1]
     assert np.isfinite(out).all()
     # truncation keeps the first tokens: same as encoding the text cut to 32 tokens
     ids = llama.tokenizer("<|embed|>\n" + long_text)["input_ids"][:32]

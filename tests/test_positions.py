@@ -116,7 +116,7 @@ def test_errors():
     model = _model()
     with pytest.raises(TypeError, match="`delta`"):
         rotate_keys(torch.randn(1, 1, 2, 16), 1.5, find_rotary_embedding(model))
-    with pytest.raises(NotImplementedError, match="rotary_emb"):
+    with pytest.raises(NotImplementedError, match="0 top-level rotary embedding modules"):
         find_rotary_embedding(torch.nn.Linear(2, 2))
 
 

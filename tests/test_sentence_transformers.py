@@ -18,14 +18,12 @@ from torch.testing import assert_close
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 import grit_hf
-from grit_hf import GritLMForCausalLM, GritLMModel
-from grit_hf.conversion import convert_checkpoint
-from grit_hf.sentence_transformers import (
+from grit_hf import GritLMForCausalLM, GritLMModel, convert_checkpoint
+from grit_hf.checkpoint.sentence_transformers import (
     SHIM_MODULE,
     TASK_INSTRUCTIONS,
     add_sentence_transformers_files,
     grit_prompt,
-    load_sentence_transformer,
     sentence_transformers_prompts,
 )
 
@@ -98,7 +96,8 @@ def test_prompts_follow_the_checkpoints_own_templates(stock_checkpoint, tmp_path
     assert _max_diff(st.encode_query(TEXTS), model.encode(TEXTS, instruction="Find the answer")) <= 1e-5
 
 
-def test_add_files_to_an_existing_folder(grit_checkpoint, tmp_path):
+def test_one_liner_converts_an_old_folder_once_into_the_cache(grit_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("GRIT_HF_HOME", str(tmp_path / "home"))
     path = tmp_path / "old"
     shutil.copytree(grit_checkpoint("llama"), path)
     for name in ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json", "gritlm_shim.py"):
@@ -107,9 +106,12 @@ def test_add_files_to_an_existing_folder(grit_checkpoint, tmp_path):
     config = json.loads((path / "config.json").read_text())
     del config["auto_map"]
     (path / "config.json").write_text(json.dumps(config))
-    st = load_sentence_transformer(path, device="cpu")  # adds the files first
-    assert (path / "modules.json").is_file() and (path / f"{SHIM_MODULE}.py").is_file()
+    st = grit_hf.sentence_transformer(path, device="cpu")  # a converted copy, not the user's folder
+    assert not (path / "modules.json").exists()
+    converted = grit_hf.grit_checkpoint_folder(path)
+    assert converted.parent == tmp_path / "home" / "converted" and (converted / f"{SHIM_MODULE}.py").is_file()
     assert _max_diff(st.encode(TEXTS), GritLMModel.from_pretrained(path).encode(TEXTS)) <= 1e-5
+    assert grit_hf.sentence_transformer(converted, device="cpu")[0].auto_model.name_or_path == str(converted)
 
 
 def test_add_files_rejects_bad_input(stock_checkpoint, grit_checkpoint):
@@ -326,7 +328,7 @@ def test_default_model_matches_encode_and_reference(default_model_dir):
     """The default model (SmolLM2-135M, ChatML templates) through ST equals encode() and the reference gritlm."""
     gritlm = pytest.importorskip("gritlm")
     texts = ["change group ownership", "chgrp changes the group of each FILE to GROUP.", "list directory contents"]
-    st = load_sentence_transformer("default", device="cpu")
+    st = grit_hf.sentence_transformer("default", device="cpu")
     model = GritLMModel.from_pretrained(default_model_dir)
     reference = gritlm.GritLM(str(default_model_dir), attn="bbcc", device="cpu")
     instruction = "Given a one-line summary from a Unix manual page, retrieve the manual page description"

@@ -1,29 +1,25 @@
-"""Key/value states of embedded texts and where they are kept."""
+"""Key/value states of embedded texts and where they are kept: `KVStates` (states.py), fingerprints of the setup
+that computed them (fingerprint.py), the memory and disk stores (store.py, disk.py), moving states to another
+position (positions.py) and the caches a prompt is decoded from (buffers.py)."""
 
 from __future__ import annotations
 
+from .disk import DiskKVStore
+from .fingerprint import Fingerprint, FingerprintMismatchError, compute_fingerprint
 from .positions import find_rotary_embedding, rotate_keys, shift_layers, verify_rerotation
-from .states import KVStates, split_batch_cache
-from .store import (
-    DiskKVStore,
-    Fingerprint,
-    FingerprintMismatchError,
-    KVStore,
-    MemoryKVStore,
-    cache_from_layers,
-    compute_fingerprint,
-)
+from .states import KVStates, cache_from_layers, split_batch_cache
+from .store import KVStore, MemoryKVStore
 
 __all__ = [
     "KVStates",
     "split_batch_cache",
+    "cache_from_layers",
     "KVStore",
     "MemoryKVStore",
     "DiskKVStore",
     "Fingerprint",
     "FingerprintMismatchError",
     "compute_fingerprint",
-    "cache_from_layers",
     "find_rotary_embedding",
     "rotate_keys",
     "shift_layers",

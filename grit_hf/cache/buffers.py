@@ -16,7 +16,7 @@ import torch
 from transformers import DynamicCache, StaticCache
 from transformers.cache_utils import DynamicLayer
 
-from .store import cache_from_layers
+from .states import cache_from_layers
 
 __all__ = ["DecodeCache", "DECODE_CACHES", "PreallocatedLayer", "new_cache", "append_states", "static_cache_size"]
 

@@ -23,17 +23,21 @@ _LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
 
 
 def find_rotary_embedding(model: nn.Module) -> nn.Module:
-    """The decoder's rotary embedding module (`model.model.rotary_emb` for GRIT and stock `*ForCausalLM` models).
+    """The decoder's rotary embedding module: the decoder is found with transformers' `get_decoder()`, and its rotary
+    module by transformers' naming convention for every rotary class (`*RotaryEmbedding`), whatever the attribute is
+    called (`rotary_emb`, `rotary_embedding`, ...).
 
-    Raises `NotImplementedError` if the model has none (e.g. ALiBi or learned absolute positions) or several.
+    Raises `NotImplementedError` if the decoder has none (e.g. ALiBi or learned absolute positions) or several.
     """
-    decoder = getattr(model, "model", model)
-    rotary = getattr(decoder, "rotary_emb", None)
-    if not isinstance(rotary, nn.Module):
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+    found = [module for _, module in decoder.named_children() if type(module).__name__.endswith("RotaryEmbedding")]
+    if len(found) != 1:
         raise NotImplementedError(
-            f"{type(decoder).__name__} has no single `rotary_emb` module: moving cached states to another position "
-            "is only supported for RoPE decoders (Llama, Mistral, Mixtral, Qwen2/3, ...)."
+            f"{type(decoder).__name__} has {len(found)} top-level rotary embedding modules, not one: moving cached "
+            "states to another position is only supported for RoPE decoders with one rotation (Llama, Mistral, "
+            "Mixtral, Qwen2/3, ...)."
         )
+    rotary = found[0]
     rope_type = getattr(rotary, "rope_type", "default")
     if rope_type in _LENGTH_DEPENDENT_ROPE:
         logger.warning_once(
@@ -101,14 +105,14 @@ def verify_rerotation(model: nn.Module, offset: int = 37, num_tokens: int = 8, r
     would then be wrong.
     """
     rotary_emb = find_rotary_embedding(model)
-    decoder = getattr(model, "model", model)
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
     vocab = int(decoder.get_input_embeddings().weight.shape[0])
     device = decoder.get_input_embeddings().weight.device
     input_ids = (torch.arange(num_tokens, device=device) * 7919 + 11) % vocab
     input_ids = input_ids.unsqueeze(0)
     positions = torch.arange(num_tokens, device=device).unsqueeze(0)
-    at_zero = decoder(input_ids=input_ids, position_ids=positions, use_cache=True).past_key_values.layers[0].keys
-    at_offset = decoder(input_ids=input_ids, position_ids=positions + offset, use_cache=True).past_key_values
+    at_zero = decoder(input_ids=input_ids, position_ids=positions, use_cache=True).cache.layers[0].keys
+    at_offset = decoder(input_ids=input_ids, position_ids=positions + offset, use_cache=True).cache
     at_offset = at_offset.layers[0].keys
     moved = rotate_keys(at_zero, offset, rotary_emb)
     if rtol is None:

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
-__all__ = ["KVStates", "split_batch_cache"]
+__all__ = ["KVStates", "split_batch_cache", "cache_from_layers"]
 
 
 @dataclass
@@ -50,3 +51,19 @@ def split_batch_cache(
         ]
         per_text.append(KVStates(input_ids[row, :length].clone(), DynamicCache(layers), is_causal))
     return per_text
+
+
+def cache_from_layers(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+    """A `DynamicCache` whose layers hold the given tensors themselves (no copy, unlike `DynamicCache(layers)`).
+
+    Safe to hand to generation: `DynamicLayer.update` concatenates into new tensors and `crop` slices, so the given
+    tensors are never written to.
+    """
+    cache = DynamicCache()
+    for keys, values in layers:
+        layer = DynamicLayer()
+        layer.dtype, layer.device = keys.dtype, keys.device
+        layer.keys, layer.values = keys, values
+        layer.is_initialized = True
+        cache.layers.append(layer)
+    return cache

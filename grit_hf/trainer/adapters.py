@@ -8,6 +8,9 @@ from pathlib import Path
 
 from transformers.utils import logging
 
+from ..checkpoint.saving import save_grit_checkpoint
+from ..modeling_gritlm import GritLMForCausalLM
+
 logger = logging.get_logger(__name__)
 
 __all__ = ["load_adapter_model", "merge_adapter"]
@@ -17,9 +20,6 @@ def load_adapter_model(adapter_dir: str | os.PathLike, base_model: str | os.Path
     """A `PeftModel` of the adapter in `adapter_dir` on its GRIT base model (the base recorded in the adapter's
     config unless `base_model` is given; `"default"` is the default model). `kwargs` go to `from_pretrained`."""
     from peft import PeftModel
-
-    from ..default_model import resolve_model_path
-    from ..modeling_gritlm import GritLMForCausalLM
 
     adapter_dir = Path(adapter_dir)
     config_path = adapter_dir / "adapter_config.json"
@@ -31,7 +31,7 @@ def load_adapter_model(adapter_dir: str | os.PathLike, base_model: str | os.Path
         base_model = json.loads(config_path.read_text()).get("base_model_name_or_path")
         if not base_model:
             raise ValueError(f"{config_path} names no base model: pass `base_model`.")
-    base = GritLMForCausalLM.from_pretrained(resolve_model_path(base_model), **kwargs)
+    base = GritLMForCausalLM.from_pretrained(base_model, **kwargs)
     return PeftModel.from_pretrained(base, str(adapter_dir))
 
 
@@ -40,8 +40,6 @@ def merge_adapter(
 ) -> Path:
     """Merge the adapter in `adapter_dir` into its base model and save a full grit-hf checkpoint in `output_dir`."""
     from transformers import AutoTokenizer
-
-    from ..conversion import save_grit_checkpoint
 
     model = load_adapter_model(adapter_dir, base_model).merge_and_unload()
     tokenizer_dir = adapter_dir if (Path(adapter_dir) / "tokenizer_config.json").is_file() else model.name_or_path

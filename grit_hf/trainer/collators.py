@@ -17,6 +17,7 @@ from transformers.utils import logging
 
 from ..configuration_gritlm import GritLMConfig
 from ..formatting import pad_right, pad_token_id, tokenize_with_prefix
+from ..validation import check_positive_int
 
 logger = logging.get_logger(__name__)
 
@@ -62,12 +63,12 @@ def tokenize_pairs(
     for index, (instruction, _) in enumerate(pairs):
         by_instruction.setdefault(instruction, []).append(index)
     for instruction, rows in by_instruction.items():
-        ids, prefix_length = tokenize_with_prefix(
+        inputs = tokenize_with_prefix(
             tokenizer, config.format_query_prefix(instruction), [pairs[i][1] for i in rows], max_length
         )
-        for row, row_ids in zip(rows, ids):
+        for row, row_ids in zip(rows, inputs.token_ids):
             token_ids[row] = row_ids
-            prefix_lengths[row] = prefix_length
+            prefix_lengths[row] = inputs.prefix_length
     input_ids, attention_mask = pad_right(token_ids, pad_token_id(tokenizer))
     return EmbeddingFeatures(input_ids, attention_mask, torch.tensor(prefix_lengths, dtype=torch.long))
 
@@ -80,8 +81,7 @@ class EmbeddingBatchSampler:
     """
 
     def __init__(self, sources: Sequence[str], global_batch_size: int, seed: int = 42, same_dataset: bool = False):
-        if global_batch_size < 1:
-            raise ValueError(f"`global_batch_size` must be positive, got {global_batch_size!r}.")
+        check_positive_int(global_batch_size, "global_batch_size")
         self.sources = list(sources)
         self.global_batch_size = global_batch_size
         self.seed = seed

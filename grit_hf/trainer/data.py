@@ -28,6 +28,8 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
+from ..retrieval_data import is_retrieval_folder, load_retrieval_data
+
 logger = logging.get_logger(__name__)
 
 __all__ = [
@@ -41,11 +43,6 @@ __all__ = [
 ]
 
 EMBEDDING_COLUMNS = ("query_instruction", "query", "pos", "pos_instructions", "neg", "neg_instructions", "source")
-_RETRIEVAL_FILES = ("queries.jsonl", "corpus.jsonl", "qrels.tsv")
-
-
-def _is_retrieval_folder(path: Path) -> bool:
-    return path.is_dir() and all((path / name).is_file() for name in _RETRIEVAL_FILES)
 
 
 def _is_saved_dataset(path: Path) -> bool:
@@ -150,10 +147,8 @@ def normalize_embedding_record(record: Any, where: str, source: str) -> dict:
 
 
 def read_retrieval_folder(folder: str | os.PathLike) -> Iterator[tuple[str, dict, str]]:
-    """Yield reference-format records from a retrieval folder (read by `grit_hf.evaluation.load_retrieval_data`):
+    """Yield reference-format records from a retrieval folder (read by `grit_hf.retrieval_data.load_retrieval_data`):
     each judged query with the task's query instruction, its relevant documents (relevance > 0) as positives."""
-    from ..evaluation import load_retrieval_data
-
     folder = Path(folder)
     data = load_retrieval_data(folder)
     source = f"{folder.parent.name}/{folder.name}"
@@ -175,10 +170,10 @@ def load_embedding_dataset(source: Any, split: str = "train"):
     import datasets
 
     path = Path(source) if isinstance(source, (str, os.PathLike)) else None
-    if path is not None and _is_retrieval_folder(path):
+    if path is not None and is_retrieval_folder(path):
         records: Iterable = read_retrieval_folder(path)
     elif path is not None and path.is_dir() and not _is_saved_dataset(path):
-        subsets = sorted(p for p in path.iterdir() if _is_retrieval_folder(p))
+        subsets = sorted(p for p in path.iterdir() if is_retrieval_folder(p))
         records = [r for p in subsets for r in read_retrieval_folder(p)]
         if not subsets:
             records = _iter_source(source, split, "embedding")

@@ -10,40 +10,25 @@ masks match).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
+from sentence_transformers.base.losses.gradcache import RandContext
+from sentence_transformers.util import all_gather_with_grad
 from transformers.utils import logging
 
-from .losses import gather_with_grad, info_nce_loss
+from ..validation import check_positive_int
+from .losses import info_nce_loss
 
 if TYPE_CHECKING:
     from .collators import EmbeddingFeatures
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["RandState", "representation_backward"]
+__all__ = ["representation_backward"]
 
 EmbedFn = Callable[["EmbeddingFeatures"], torch.Tensor]
-
-
-class RandState:
-    """The CPU (and CUDA) random state at creation, to replay a forward pass with the same dropout masks."""
-
-    def __init__(self, device: torch.device):
-        self.device = torch.device(device)
-        self.cpu_state = torch.get_rng_state()
-        self.cuda_state = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
-
-    @contextlib.contextmanager
-    def replay(self) -> Iterator[None]:
-        devices = [self.device] if self.cuda_state is not None else []
-        with torch.random.fork_rng(devices=devices):
-            torch.set_rng_state(self.cpu_state)
-            if self.cuda_state is not None:
-                torch.cuda.set_rng_state(self.cuda_state, self.device)
-            yield
 
 
 def _plain_backward(loss: torch.Tensor) -> None:
@@ -88,25 +73,24 @@ def representation_backward(
     if chunk_size is None:
         query_embeddings = embed(queries)
         passage_embeddings = embed(passages)
-        all_passages = gather_with_grad(passage_embeddings) if cross_device else passage_embeddings
+        all_passages = _gather(passage_embeddings) if cross_device else passage_embeddings
         loss = info_nce_loss(query_embeddings, all_passages, targets, temperature)
         total = loss * loss_scale
         extra = extra_loss() if extra_loss is not None else None
         backward(total if extra is None else total + extra)
         return loss.detach(), None if extra is None else extra.detach()
 
-    if chunk_size < 1:
-        raise ValueError(f"`chunk_size` must be a positive int or None, got {chunk_size!r}.")
+    check_positive_int(chunk_size, "chunk_size")
     chunks = list(queries.chunks(chunk_size)) + list(passages.chunks(chunk_size))
     n_query_chunks = len(chunks) - len(list(passages.chunks(chunk_size)))
     states, cached = [], []
     with torch.no_grad():
         for chunk in chunks:
-            states.append(RandState(chunk.input_ids.device))
+            states.append(RandContext(chunk.input_ids))
             cached.append(embed(chunk).detach().requires_grad_())
     query_embeddings = torch.cat(cached[:n_query_chunks])
     passage_embeddings = torch.cat(cached[n_query_chunks:])
-    all_passages = gather_with_grad(passage_embeddings) if cross_device else passage_embeddings
+    all_passages = _gather(passage_embeddings) if cross_device else passage_embeddings
     loss = info_nce_loss(query_embeddings, all_passages, targets, temperature)
     # Only the cached leaves receive gradients here (no model parameter is in this graph).
     torch.autograd.backward(loss * loss_scale, inputs=cached)
@@ -115,7 +99,7 @@ def representation_backward(
     for index, (chunk, state, leaf) in enumerate(zip(chunks, states, cached)):
         last = index == len(chunks) - 1
         with contextlib.nullcontext() if last else no_sync():
-            with state.replay():
+            with state:
                 embeddings = embed(chunk)
             surrogate = torch.dot(embeddings.flatten(), leaf.grad.flatten())
             if last and extra_loss is not None:
@@ -123,6 +107,17 @@ def representation_backward(
                 surrogate = surrogate + extra
             backward(surrogate)
     return loss.detach(), None if extra is None else extra.detach()
+
+
+def _gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Passages of every process, autograd-aware (sentence-transformers' `all_gather_with_grad`: its backward sums
+    the gradients of every process, which gives exactly the single-process gradient); the local tensor alone
+    without a process group."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return tensor
+    return all_gather_with_grad(tensor.contiguous())
 
 
 def _rank() -> int:

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from transformers.utils import logging
 from trl import SFTConfig
 
+from ..rag.prompts import CACHING_MODES
+from ..validation import check_non_negative_number, check_positive_int
+from .cache_loss import CACHE_TEACHER_LOSSES
 from .losses import GEN_LOSS_AGGREGATIONS
 
 logger = logging.get_logger(__name__)
@@ -28,7 +31,8 @@ def _has_accelerator() -> bool:
 class GRITConfig(SFTConfig):
     r"""
     Configuration of the [`GRITTrainer`]: every [`~trl.SFTConfig`] argument (which applies to the generative stream),
-    plus the GRIT objective `L = lambda_rep * L_rep + lambda_gen * L_gen` and its two data streams.
+    plus the GRIT objective `L = lambda_rep * L_rep + lambda_gen * L_gen + lambda_cache * L_cache` and its data
+    streams.
 
     Parameters:
         > Parameters that control the objective
@@ -47,6 +51,17 @@ class GRITConfig(SFTConfig):
             sub-batches; the GRIT paper's best).
         gen_sub_batch_size (`int`, *optional*):
             Samples per sub-batch for `"mixed"`. By default a sub-batch is one process's micro-batch.
+        lambda_cache (`float`, *optional*, defaults to `0.0`):
+            Weight of the cache loss L_cache (cache-aware GRIT): the next-token loss on RAG answers generated from
+            the embedding pass's own document (and query) states. Above 0, saved checkpoints record
+            `cache_attention="bidirectional"`, so `GritRAG` answers from the embedding pass's states by default.
+        cache_modes (`list[str]`, *optional*, defaults to `["doc"]`):
+            Caching modes trained (`doc`, `query`, `query_doc`, `doc_query`), taken in turn over the examples.
+        cache_teacher_loss (`str`, *optional*, defaults to `"ce"`):
+            For examples without an answer (the model's own plain-RAG answer is the target): `"ce"` (cross-entropy
+            on that answer) or `"kl"` (KL divergence from the plain-RAG next-token distributions along it).
+        cache_answer_max_tokens (`int`, *optional*, defaults to `64`):
+            Tokens of the teacher's answers, and at most of gold answers.
 
         > Parameters that control the data
 
@@ -56,6 +71,13 @@ class GRITConfig(SFTConfig):
             the trainer as a `datasets.Dataset`.
         generative_dataset (`str`, *optional*):
             Generative examples (`text`, `messages` or `prompt`/`completion` records), same kinds of source.
+        cache_dataset (`str`, *optional*):
+            RAG examples for the cache loss (`{"documents", "question", "answer"?}`; see `grit_hf.trainer.cache_data`).
+        cache_question_template (`str`, *optional*):
+            Makes embedding records or a retrieval folder cache data: the query becomes
+            `cache_question_template.format(query=...)` about its first positive (answered by the teacher).
+        cache_batch_size (`int`, *optional*, defaults to `4`):
+            Cache-loss examples per process and micro-step.
         dataset_train_split (`str`, *optional*, defaults to `"train"`):
             Split to use for sources with several splits.
         emb_batch_size (`int`, *optional*, defaults to `8`):
@@ -100,6 +122,23 @@ class GRITConfig(SFTConfig):
         default=None,
         metadata={"help": "Samples per sub-batch for the 'mixed' aggregation (default: a process's micro-batch)."},
     )
+    lambda_cache: float = field(default=0.0, metadata={"help": "Weight of the cache loss L_cache (0: off)."})
+    cache_modes: list[str] = field(
+        default_factory=lambda: ["doc"],
+        metadata={"help": "Caching modes the cache loss trains.", "choices": list(CACHING_MODES)},
+    )
+    cache_teacher_loss: str = field(
+        default="ce",
+        metadata={"help": "Loss on teacher answers.", "choices": list(CACHE_TEACHER_LOSSES)},
+    )
+    cache_answer_max_tokens: int = field(default=64, metadata={"help": "Tokens of teacher answers (and gold ones)."})
+    cache_dataset: str | None = field(
+        default=None, metadata={"help": "RAG examples for the cache loss: file, folder, saved dataset or name."}
+    )
+    cache_question_template: str | None = field(
+        default=None, metadata={"help": "Turns embedding/retrieval records into questions: '... {query} ...'."}
+    )
+    cache_batch_size: int = field(default=4, metadata={"help": "Cache-loss examples per process and micro-step."})
     embedding_dataset: str | None = field(
         default=None, metadata={"help": "Embedding data: file, folder, retrieval folder, saved dataset or name."}
     )
@@ -136,15 +175,13 @@ class GRITConfig(SFTConfig):
             )
         if not self.temperature > 0:
             raise ValueError(f"`temperature` must be positive, got {self.temperature!r}.")
-        for name in ("lambda_rep", "lambda_gen"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)!r}.")
-        for name in ("emb_batch_size", "query_max_length", "passage_max_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {getattr(self, name)!r}.")
+        for name in ("lambda_rep", "lambda_gen", "lambda_cache"):
+            check_non_negative_number(getattr(self, name), name)
+        for name in ("emb_batch_size", "query_max_length", "passage_max_length", "cache_batch_size"):
+            check_positive_int(getattr(self, name), name)
+        check_positive_int(self.cache_answer_max_tokens, "cache_answer_max_tokens")
         for name in ("emb_chunk_size", "gen_sub_batch_size"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be a positive int or None, got {getattr(self, name)!r}.")
+            check_positive_int(getattr(self, name), name, allow_none=True)
         if self.num_hard_negatives < 0:
             raise ValueError(f"`num_hard_negatives` must be >= 0, got {self.num_hard_negatives!r}.")
         if self.loss_type != "nll":
@@ -155,5 +192,14 @@ class GRITConfig(SFTConfig):
                 "`activation_checkpointing_kwargs={'use_reentrant': True}` is not supported: GRIT runs several "
                 "forward passes of the same layers before one backward, which needs non-reentrant checkpointing."
             )
-        if self.mode == "unified" and self.lambda_rep == 0 and self.lambda_gen == 0:
-            raise ValueError("`lambda_rep` and `lambda_gen` are both 0: nothing to train.")
+        if self.mode == "unified" and self.lambda_rep == 0 and self.lambda_gen == 0 and self.lambda_cache == 0:
+            raise ValueError("`lambda_rep`, `lambda_gen` and `lambda_cache` are all 0: nothing to train.")
+        if isinstance(self.cache_modes, str):
+            self.cache_modes = [mode.strip() for mode in self.cache_modes.split(",") if mode.strip()]
+        unknown = [mode for mode in self.cache_modes if mode not in CACHING_MODES]
+        if unknown or not self.cache_modes:
+            raise ValueError(f"Invalid `cache_modes`: {self.cache_modes!r}. Valid modes are: {CACHING_MODES}.")
+        if self.cache_teacher_loss not in CACHE_TEACHER_LOSSES:
+            raise ValueError(
+                f"Invalid `cache_teacher_loss`: {self.cache_teacher_loss!r}. Valid choices are: {CACHE_TEACHER_LOSSES}."
+            )

@@ -14,9 +14,10 @@ from accelerate.utils.memory import clear_device_cache
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from trl import SFTTrainer
 
-from ..conversion import CHECKPOINT_WRITERS, save_grit_checkpoint
-from ..default_model import resolve_model_path
+from ..checkpoint.saving import save_grit_checkpoint
 from ..modeling_gritlm import GritLMForCausalLM, GritLMPreTrainedModel
+from .cache_data import load_cache_dataset
+from .cache_loss import CacheStream
 from .collators import EmbeddingBatchSampler, EmbeddingCollator, StepIndexCollator
 from .data import load_embedding_dataset, load_generative_dataset
 from .grad_cache import representation_backward
@@ -38,23 +39,29 @@ _FORWARD_ONLY_KWARGS = (
 
 
 def add_embedding_forward(model: GritLMPreTrainedModel) -> None:
-    """Let `model(input_ids=..., attention_mask=..., prefix_lengths=..., grit_embed=True)` return pooled embeddings.
+    """Let `model(input_ids=..., attention_mask=..., prefix_lengths=..., grit_embed=True)` return pooled embeddings,
+    and `model(input_ids=..., attention_mask=..., grit_states=True)` the key/value states of the embedding pass.
 
     The embedding pass then goes through the model's `__call__`, so DDP, FSDP, DeepSpeed and PEFT wrappers see it like
     any forward pass. It is `embedding_forward` + `pool`, the path of `encode` (bidirectional attention, fp32 pooling
-    over the text tokens only). Without `grit_embed` the forward is unchanged.
+    over the text tokens only). Without `grit_embed`/`grit_states` the forward is unchanged.
     """
     previous_forward = model.forward
 
     @functools.wraps(type(model).forward)
-    def _forward(self, *args, grit_embed: bool = False, prefix_lengths: torch.Tensor | None = None, **kwargs):
-        if not grit_embed:
+    def _forward(
+        self, *args, grit_embed: bool = False, grit_states: bool = False, prefix_lengths: torch.Tensor | None = None,
+        **kwargs,
+    ):  # fmt: skip
+        if not (grit_embed or grit_states):
             return previous_forward(*args, **kwargs)
-        if args or prefix_lengths is None:
+        if args or (grit_embed and prefix_lengths is None):
             raise TypeError("The embedding forward takes `input_ids`, `attention_mask` and `prefix_lengths` keywords.")
         input_ids, attention_mask = kwargs.pop("input_ids"), kwargs.pop("attention_mask")
         kwargs = {k: v for k, v in kwargs.items() if k not in _FORWARD_ONLY_KWARGS and v is not None}
-        outputs = self.embedding_forward(input_ids, attention_mask, use_cache=False, **kwargs)
+        outputs = self.embedding_forward(input_ids, attention_mask, use_cache=grit_states, **kwargs)
+        if grit_states:
+            return outputs.cache
         return self.pool(outputs.last_hidden_state, attention_mask, prefix_lengths)
 
     model.forward = types.MethodType(_forward, model)
@@ -83,6 +90,8 @@ class GRITTrainer(SFTTrainer):
             `args.generative_dataset`.
         embedding_dataset: the embedding data (a `datasets.Dataset` or a source path); defaults to
             `args.embedding_dataset`.
+        cache_dataset: the cache-loss data (RAG examples; a `datasets.Dataset` or a source path); defaults to
+            `args.cache_dataset`. Used when `args.lambda_cache > 0`.
         eval_dataset: optional generative evaluation data (L_gen only).
         processing_class: the tokenizer (loaded from the model's folder if not given).
         peft_config: a `peft.PeftConfig` (LoRA, QLoRA with a quantized model).
@@ -100,6 +109,7 @@ class GRITTrainer(SFTTrainer):
         train_dataset: Any = None,
         embedding_dataset: Any = None,
         eval_dataset: Any = None,
+        cache_dataset: Any = None,
         processing_class: PreTrainedTokenizerBase | None = None,
         peft_config: Any = None,
         **kwargs,
@@ -110,7 +120,7 @@ class GRITTrainer(SFTTrainer):
         elif not isinstance(args, GRITConfig):
             raise TypeError(f"`args` must be a `GRITConfig`, got {type(args).__name__}.")
         if isinstance(model, (str, os.PathLike)):
-            model = GritLMForCausalLM.from_pretrained(resolve_model_path(model), **(args.model_init_kwargs or {}))
+            model = GritLMForCausalLM.from_pretrained(model, **(args.model_init_kwargs or {}))
         grit_model = _unwrap_grit(model)
         if grit_model is None:
             raise TypeError(
@@ -122,6 +132,7 @@ class GRITTrainer(SFTTrainer):
             raise TypeError(f"`processing_class` must be a tokenizer, got {type(processing_class).__name__}.")
         if processing_class.pad_token is None:
             processing_class.pad_token = processing_class.eos_token
+        grit_model.tokenizer = processing_class  # saved checkpoints get sentence-transformers files from it
 
         generative, embedding = self._load_data(
             args, train_dataset, embedding_dataset, processing_class, grit_model.config.chat_template
@@ -145,7 +156,7 @@ class GRITTrainer(SFTTrainer):
             args.remove_unused_columns = False
             args.packing = args.padding_free = False
             kwargs["data_collator"] = StepIndexCollator()
-            if not grit_model.config.tie_word_embeddings and peft_config is None:
+            if not grit_model.config.tie_word_embeddings and peft_config is None and args.lambda_cache == 0:
                 grit_model.lm_head.requires_grad_(False)  # unused by L_rep; DDP needs every trainable param used
 
         super().__init__(
@@ -174,11 +185,32 @@ class GRITTrainer(SFTTrainer):
             f"examples per process and micro-step; L = {args.lambda_rep} L_rep + {args.lambda_gen} L_gen "
             f"({args.gen_loss_aggregation} aggregation)."
         )
+        self._cache_stream = None
+        if args.lambda_cache > 0:
+            self._cache_stream = self._make_cache_stream(args, cache_dataset, grit_model)
+            _unwrap_grit(self.model).config.cache_attention = "bidirectional"  # recorded in every checkpoint
         self._gen_units_total: torch.Tensor | None = None
         self._micro = (-1, 0)  # (global step, micro-steps taken in it)
-        self._grit_sums = dict.fromkeys(("loss_rep", "loss_gen", "num_tokens_rep", "num_tokens_gen"), 0.0)
+        self._grit_sums = dict.fromkeys(
+            ("loss_rep", "loss_gen", "loss_cache", "num_tokens_rep", "num_tokens_gen"), 0.0
+        )
         self._grit_tokens_seen = {"num_tokens_rep": 0, "num_tokens_gen": 0}  # all processes, this run
         self._grit_steps: set[int] = set()  # optimizer steps since the last log
+
+    def _make_cache_stream(self, args: GRITConfig, cache_dataset, grit_model) -> CacheStream:
+        source = cache_dataset if cache_dataset is not None else args.cache_dataset
+        if source is None:
+            raise ValueError("`lambda_cache > 0` needs cache data: set `cache_dataset`.")
+        if grit_model.config.is_causal_embedding:
+            logger.warning("The embedding attention is causal: the cache loss trains on causal embedding states.")
+        dataset = load_cache_dataset(source, args.dataset_train_split, args.cache_question_template)
+        sampler = EmbeddingBatchSampler(
+            dataset["source"], args.cache_batch_size * self.accelerator.num_processes, args.seed
+        )
+        return CacheStream(
+            grit_model, dataset, sampler, args.cache_modes, args.passage_max_length, args.cache_answer_max_tokens,
+            args.cache_teacher_loss,
+        )  # fmt: skip
 
     @staticmethod
     def _load_data(args: GRITConfig, train_dataset, embedding_dataset, tokenizer, chat_template: str | None):
@@ -260,8 +292,9 @@ class GRITTrainer(SFTTrainer):
         return {key: value.to(device) for key, value in batch.items()}
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
-        """One micro-step: L_rep on this micro-step's embedding batch and L_gen on `inputs`, one synchronised
-        backward at the end (GradCache chunks before it run without gradient synchronisation)."""
+        """One micro-step: L_rep on this micro-step's embedding batch, L_gen on `inputs` and L_cache on this
+        micro-step's cache batch, one synchronised backward at the end (GradCache chunks before it run without
+        gradient synchronisation)."""
         model.train()
         if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
             self.optimizer.train()
@@ -271,16 +304,26 @@ class GRITTrainer(SFTTrainer):
         args = self.args
         accumulation = self.current_gradient_accumulation_steps
         world = self.accelerator.num_processes
-        gen_share = rep_loss = None
+        gen_share = rep_loss = cache_loss = None
 
-        def generative_loss() -> torch.Tensor:
-            nonlocal gen_share
-            gen_share = self._generative_share(model, inputs)
-            return args.lambda_gen * gen_share * world  # DDP averages gradients over processes
+        def other_losses() -> torch.Tensor:
+            """lambda_gen * L_gen and lambda_cache * L_cache of this micro-step (added to the last backward)."""
+            nonlocal gen_share, cache_loss
+            total = torch.zeros((), device=self.accelerator.device)
+            if args.mode != "embedding":
+                gen_share = self._generative_share(model, inputs)
+                total = total + args.lambda_gen * gen_share * world  # DDP averages gradients over processes
+            if self._cache_stream is not None:
+                cache_loss = self._cache_stream.loss(
+                    model, lambda ids, mask: model(input_ids=ids, attention_mask=mask, grit_states=True), micro_step,
+                    self.accelerator.process_index, world,
+                )  # fmt: skip
+                total = total + args.lambda_cache * cache_loss / accumulation
+            return total
 
         with self.maybe_activation_offload_context, self.compute_loss_context_manager():
             if args.mode == "generative":
-                self._backward(generative_loss())
+                self._backward(other_losses())
             else:
                 batch = self._embedding_batch(micro_step)
 
@@ -295,7 +338,7 @@ class GRITTrainer(SFTTrainer):
                     loss_scale=args.lambda_rep / accumulation, chunk_size=args.emb_chunk_size,
                     cross_device=args.negatives_cross_device,
                     no_sync=functools.partial(self.accelerator.no_sync, model=model), backward=self._backward,
-                    extra_loss=generative_loss if args.mode == "unified" else None,
+                    extra_loss=other_losses if args.mode == "unified" or self._cache_stream is not None else None,
                 )  # fmt: skip
         if args.mode != "generative":
             self._grit_sums["num_tokens_rep"] += (
@@ -313,6 +356,9 @@ class GRITTrainer(SFTTrainer):
         if gen_share is not None:
             self._grit_sums["loss_gen"] += gen_share.detach()
             loss = loss + args.lambda_gen * gen_share.detach() * world
+        if cache_loss is not None:
+            self._grit_sums["loss_cache"] += cache_loss.detach() / (accumulation * world)
+            loss = loss + args.lambda_cache * cache_loss.detach() / accumulation
         return loss.detach()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -330,6 +376,8 @@ class GRITTrainer(SFTTrainer):
                 logs["loss_rep"] = round(totals["loss_rep"] / steps, 6)
             if self.args.mode != "embedding":
                 logs["loss_gen"] = round(totals["loss_gen"] / steps, 6)
+            if self._cache_stream is not None:
+                logs["loss_cache"] = round(totals["loss_cache"] / steps, 6)
             for key in self._grit_tokens_seen:
                 self._grit_tokens_seen[key] += int(totals[key])
                 logs[key] = self._grit_tokens_seen[key]
@@ -337,8 +385,8 @@ class GRITTrainer(SFTTrainer):
 
     # -- saving ------------------------------------------------------------------------------------------------------
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Save a grit-hf checkpoint (stock-layout weights, tokenizer with chat template, the files of every
-        checkpoint writer); PEFT models save their adapter."""
+        """Save a grit-hf checkpoint (stock-layout weights, tokenizer with chat template, the files every checkpoint
+        carries, written by the model's `save_pretrained`); PEFT models save their adapter."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
         if isinstance(model, GritLMPreTrainedModel) and state_dict is None and self.args.should_save:
@@ -346,6 +394,3 @@ class GRITTrainer(SFTTrainer):
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
             return
         super()._save(output_dir, state_dict)
-        if isinstance(model, GritLMPreTrainedModel) and self.args.should_save:
-            for writer in CHECKPOINT_WRITERS:
-                writer(output_dir, model, self._tokenizer)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 from torch.nn import functional as F
 from transformers.utils import logging
 
@@ -14,7 +13,6 @@ logger = logging.get_logger(__name__)
 __all__ = [
     "GEN_LOSS_AGGREGATIONS",
     "info_nce_loss",
-    "gather_with_grad",
     "aggregate_generative_loss",
     "generative_loss_units",
     "sample_index_from_position_ids",
@@ -53,26 +51,6 @@ def info_nce_loss(
     passages = F.normalize(passage_embeddings.float(), dim=-1)
     scores = queries @ passages.T / temperature
     return F.cross_entropy(scores, targets.to(scores.device))
-
-
-def _all_gather_autograd():
-    from torch.distributed import _functional_collectives as funcol
-
-    # torch >= 2.13 renamed it; the GPU image still runs torch 2.11.
-    return getattr(funcol, "all_gather_single_autograd", None) or funcol.all_gather_tensor_autograd
-
-
-def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate `tensor` from every process along dim 0, keeping the autograd graph.
-
-    The backward is a reduce-scatter (sum), so each process receives the gradient that every process's loss puts on
-    its own rows: with DDP averaging the parameter gradients, this gives exactly the single-process gradient of the
-    same global batch. (The common "detached all_gather + put the local slice back" trick is off by the world size.)
-    Without an initialised process group (or with one process) `tensor` is returned as is.
-    """
-    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
-        return tensor
-    return _all_gather_autograd()(tensor.contiguous(), 0, dist.group.WORLD)
 
 
 def sample_index_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor:

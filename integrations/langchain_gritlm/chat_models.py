@@ -22,7 +22,9 @@ from langchain_core.messages.ai import InputTokenDetails, UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
-from grit_hf.shared import SharedGeneration, SharedGrit, UsesSharedGrit, aiter_in_thread, check_model_argument
+from grit_hf.rag import GenerationResult, GritRAG, check_model_argument
+from grit_hf.rag.integration import UsesSharedGrit, aiter_in_thread
+from grit_hf.validation import check_non_negative_number, check_positive_int
 
 __all__ = ["ChatGritLM"]
 
@@ -49,7 +51,7 @@ def _message_to_dict(message: BaseMessage, index: int) -> dict[str, str]:
     return {"role": role, "content": message.text}
 
 
-def _usage(result: SharedGeneration) -> UsageMetadata:
+def _usage(result: GenerationResult) -> UsageMetadata:
     return UsageMetadata(
         input_tokens=result.prompt_tokens,
         output_tokens=result.completion_tokens,
@@ -93,7 +95,7 @@ class ChatGritLM(UsesSharedGrit, BaseChatModel):
     reuse_cache: bool = True
     streaming: bool = False
 
-    _shared: SharedGrit | None = PrivateAttr(default=None)
+    _shared: GritRAG | None = PrivateAttr(default=None)
 
     @field_validator("model")
     @classmethod
@@ -137,12 +139,12 @@ class ChatGritLM(UsesSharedGrit, BaseChatModel):
         unknown = set(kwargs) - {"max_tokens", "max_new_tokens", "temperature", "reuse_cache"}
         if unknown:
             raise TypeError(f"ChatGritLM got unexpected keyword argument(s) {sorted(unknown)}.")
-        max_tokens = kwargs.get("max_tokens", kwargs.get("max_new_tokens", self.max_tokens))
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-            raise ValueError(f"`max_tokens` must be a positive int, got {max_tokens!r}.")
-        temperature = kwargs.get("temperature", self.temperature)
-        if temperature is not None and (not isinstance(temperature, (int, float)) or temperature < 0):
-            raise ValueError(f"`temperature` must be a non-negative number or None, got {temperature!r}.")
+        max_tokens = check_positive_int(
+            kwargs.get("max_tokens", kwargs.get("max_new_tokens", self.max_tokens)), "max_tokens"
+        )
+        temperature = check_non_negative_number(
+            kwargs.get("temperature", self.temperature), "temperature", allow_none=True
+        )
         return {
             "max_new_tokens": max_tokens,
             "stop": stop if stop is not None else self.stop,
@@ -155,7 +157,7 @@ class ChatGritLM(UsesSharedGrit, BaseChatModel):
             raise ValueError("`messages` must not be empty.")
         return self.shared.render_chat([_message_to_dict(m, i) for i, m in enumerate(messages)])
 
-    def _metadata(self, result: SharedGeneration) -> dict[str, Any]:
+    def _metadata(self, result: GenerationResult) -> dict[str, Any]:
         return {
             "model_name": self.model_name,
             "model_provider": "gritlm",
@@ -187,7 +189,7 @@ class ChatGritLM(UsesSharedGrit, BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         options = self._call_options(stop, kwargs)
-        stream = self.shared.stream(self._prompt(messages), **options)
+        stream = self.shared.generate(self._prompt(messages), stream=True, **options)
         try:
             for delta in stream:  # BaseChatModel reports each chunk to the callbacks
                 yield ChatGenerationChunk(message=AIMessageChunk(content=delta))

@@ -8,7 +8,9 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.runnables.config import run_in_executor
 from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator
 
-from grit_hf.shared import SharedGrit, UsesSharedGrit, check_model_argument
+from grit_hf.rag import GritRAG, check_model_argument
+from grit_hf.rag.integration import UsesSharedGrit, embed_documents
+from grit_hf.validation import check_str_list, check_text
 
 __all__ = ["GritLMEmbeddings"]
 
@@ -51,7 +53,7 @@ class GritLMEmbeddings(UsesSharedGrit, BaseModel, Embeddings):
     cache_attention: Literal["bidirectional", "causal"] | None = None
     rag_kwargs: dict[str, Any] | None = None
 
-    _shared: SharedGrit | None = PrivateAttr(default=None)
+    _shared: GritRAG | None = PrivateAttr(default=None)
 
     @field_validator("model")
     @classmethod
@@ -63,26 +65,17 @@ class GritLMEmbeddings(UsesSharedGrit, BaseModel, Embeddings):
         """A readable name of the model (the checkpoint folder's name)."""
         return self.shared_name
 
-    def _check_texts(self, texts: Any, name: str) -> list[str]:
-        if isinstance(texts, (str, bytes)) or not isinstance(texts, (list, tuple)):
-            raise TypeError(f"`{name}` must be a list of str, got {type(texts).__name__}.")
-        for index, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"`{name}[{index}]` must be a str, got {type(text).__name__}.")
-        return list(texts)
-
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed documents (no instruction) and, with `cache_documents`, keep their key/value states."""
-        texts = self._check_texts(texts, "texts")
+        texts = check_str_list(texts, "texts", allow_empty_items=True)
         if not texts:
             return []
-        return self.shared.embed_documents(texts, cache=self.cache_documents).tolist()
+        return embed_documents(self.shared, texts, cache=self.cache_documents).tolist()
 
     def embed_query(self, text: str) -> list[float]:
         """Embed a query with `query_instruction` (or the checkpoint's default query instruction)."""
-        if not isinstance(text, str):
-            raise TypeError(f"`text` must be a str, got {type(text).__name__}.")
-        return self.shared.embed_queries([text], instruction=self.query_instruction)[0].tolist()
+        check_text(text, "text")
+        return self.shared.embed([text], instruction=self.query_instruction)[0].tolist()
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
         """Async `embed_documents` (runs in a worker thread; the shared lock serialises model use)."""

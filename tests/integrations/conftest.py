@@ -30,7 +30,7 @@ def fresh_path(tmp_path) -> str:
     """A tiny checkpoint of this test alone (its own shared instance and key/value store)."""
     path = str(make_stock_checkpoint(tmp_path / "tiny", "llama"))
     yield path
-    from grit_hf.shared import release_shared
+    from grit_hf.rag import release_shared
 
     release_shared(path)
 

@@ -12,8 +12,8 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 from langchain_gritlm import ChatGritLM, GritLMEmbeddings
 
 from grit_hf import GritLMForCausalLM
-from grit_hf.cache.store import DiskKVStore
-from grit_hf.shared import document_id, get_shared
+from grit_hf.cache import DiskKVStore
+from grit_hf.rag import document_id, get_shared
 
 
 def test_same_path_or_object_shares_one_instance(fresh_path):
@@ -35,7 +35,7 @@ def test_model_object_shares_one_instance(fresh_path):
 def test_embed_documents_caches_states(fresh_path, docs):
     embeddings = GritLMEmbeddings(model=fresh_path)
     vectors = np.array(embeddings.embed_documents(docs + docs[:1]))
-    rag = embeddings.shared.rag
+    rag = embeddings.shared
     assert rag.doc_ids == [document_id(text) for text in docs]  # the repeated text is indexed once
     assert all(doc_id in rag.store for doc_id in rag.doc_ids)
     assert np.allclose(vectors[0], vectors[-1])
@@ -47,7 +47,7 @@ def test_embed_documents_caches_states(fresh_path, docs):
 def test_embed_without_caching_and_query_instruction(fresh_path, docs):
     embeddings = GritLMEmbeddings(model=fresh_path, cache_documents=False)
     vectors = np.array(embeddings.embed_documents(docs))
-    assert embeddings.shared.rag.doc_ids == []
+    assert embeddings.shared.doc_ids == []
     assert np.allclose(vectors, embeddings.shared.model.encode(docs), atol=1e-5)
     query = np.array(embeddings.embed_query(docs[0]))
     assert not np.allclose(query, vectors[0], atol=1e-4)  # queries get the instruction
@@ -132,7 +132,7 @@ def test_concurrent_embedding_and_generation(fresh_path, docs):
         assert got.content == want.content and got.usage_metadata == want.usage_metadata
         assert got.usage_metadata["input_token_details"]["cache_read"] > 0
     assert np.allclose(results[4], expected_query, atol=1e-5) and np.allclose(results[5], expected_query, atol=1e-5)
-    assert len(embeddings.shared.rag.doc_ids) == 3
+    assert len(embeddings.shared.doc_ids) == 3
 
 
 def test_bad_arguments(tiny_path):
@@ -161,14 +161,15 @@ def test_rag_kwargs_choose_the_store(fresh_path, tmp_path, docs):
     store = DiskKVStore(tmp_path / "kv")
     embeddings = GritLMEmbeddings(model=fresh_path, rag_kwargs={"store": store}, cache_attention="causal")
     embeddings.embed_documents(docs[:1])
-    assert embeddings.shared.rag.store is store and embeddings.shared.rag.cache_attention == "causal"
+    assert embeddings.shared.store is store and embeddings.shared.cache_attention == "causal"
     assert store.keys() == [document_id(docs[0])]
     message = ChatGritLM(model=fresh_path, max_tokens=2).invoke(f"About: {docs[0]}")
     assert message.usage_metadata["input_token_details"]["cache_read"] > 0
 
 
 def test_conflicting_cache_attention_is_refused(fresh_path):
-    GritLMEmbeddings(model=fresh_path).embed_query("x")  # creates the shared instance (bidirectional)
+    # creates the shared instance with the checkpoint's setting (causal: not trained for cached generation)
+    GritLMEmbeddings(model=fresh_path).embed_query("x")
     with pytest.raises(ValueError, match="cache_attention"):
-        GritLMEmbeddings(model=fresh_path, cache_attention="causal").embed_query("x")
-    assert GritLMEmbeddings(model=fresh_path, cache_attention="bidirectional").embed_query("x")
+        GritLMEmbeddings(model=fresh_path, cache_attention="bidirectional").embed_query("x")
+    assert GritLMEmbeddings(model=fresh_path, cache_attention="causal").embed_query("x")

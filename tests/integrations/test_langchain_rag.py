@@ -10,7 +10,7 @@ from langchain_core.runnables import RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_gritlm import ChatGritLM, GritLMEmbeddings
 
-from grit_hf.shared import document_id
+from grit_hf.rag import document_id
 
 PROMPT = ChatPromptTemplate.from_template(
     "Answer the question using the context.\n\nContext:\n{context}\n\nQuestion: {question}"

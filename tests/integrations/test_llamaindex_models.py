@@ -11,7 +11,7 @@ from llama_index.core.llms import CustomLLM
 from llama_index.embeddings.gritlm import GritLMEmbedding
 from llama_index.llms.gritlm import GritLM
 
-from grit_hf.shared import document_id
+from grit_hf.rag import document_id
 
 USAGE_KEYS = {"cache_read_tokens", "prompt_tokens", "completion_tokens"}
 
@@ -21,7 +21,7 @@ def test_embedding(fresh_path, docs):
     assert isinstance(embed_model, BaseEmbedding) and embed_model.model_name == "tiny"
     vectors = np.array(embed_model.get_text_embedding_batch(docs))
     assert vectors.shape == (3, 64)
-    rag = embed_model.shared.rag
+    rag = embed_model.shared
     assert rag.doc_ids == [document_id(text) for text in docs] and all(d in rag.store for d in rag.doc_ids)
     assert np.allclose(embed_model.get_text_embedding(docs[1]), vectors[1], atol=0)
     query = np.array(embed_model.get_query_embedding(docs[0]))

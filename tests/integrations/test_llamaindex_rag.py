@@ -11,7 +11,7 @@ from llama_index.core.instrumentation.events.llm import LLMChatEndEvent, LLMComp
 from llama_index.embeddings.gritlm import GritLMEmbedding
 from llama_index.llms.gritlm import GritLM, GritLMCachedContext
 
-from grit_hf.shared import document_id
+from grit_hf.rag import document_id
 
 
 class _LLMEnds(BaseEventHandler):

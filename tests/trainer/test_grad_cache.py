@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sentence_transformers.base.losses.gradcache import RandContext
 from torch.testing import assert_close
 from transformers import AutoTokenizer
 
 from grit_hf import GritLMForCausalLM, load_grit_config
 from grit_hf.trainer import add_embedding_forward
 from grit_hf.trainer.collators import tokenize_pairs
-from grit_hf.trainer.grad_cache import RandState, representation_backward
+from grit_hf.trainer.grad_cache import representation_backward
 
 from .helpers import INSTRUCTION, TOPICS
 
@@ -68,17 +69,19 @@ def test_gradcache_gradient_equals_unchunked(tiny_grit, chunk_size, with_extra):
         assert_close(chunked[name], reference[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
 
 
-def test_rand_state_replays_dropout(tiny_grit):
+def test_rand_context_replays_dropout(tiny_grit):
+    """sentence-transformers' `RandContext` (used by the GradCache step) replays the embedding pass's dropout."""
     model, queries, _ = _setup(tiny_grit, attention_dropout=0.5)
-    state = RandState(queries.input_ids.device)
+    state = RandContext(queries.input_ids)
     with torch.no_grad():
         first = _embed(model)(queries)
-        with state.replay():
+        with state:
             replayed = _embed(model)(queries)
-        state_again = RandState(queries.input_ids.device)
+        state_again = RandContext(queries.input_ids)
         other = _embed(model)(queries)
     assert not torch.equal(first, other)  # dropout is active
-    with torch.no_grad(), state_again.replay():
+    assert torch.equal(replayed, first)
+    with torch.no_grad(), state_again:
         assert torch.equal(_embed(model)(queries), other)
     assert replayed.shape == first.shape
 

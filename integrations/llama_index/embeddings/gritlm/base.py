@@ -8,7 +8,8 @@ from typing import Any, Literal
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from pydantic import Field, PrivateAttr
 
-from grit_hf.shared import SharedGrit, UsesSharedGrit, check_model_argument, model_display_name
+from grit_hf.rag import GritRAG, check_model_argument, model_display_name
+from grit_hf.rag.integration import UsesSharedGrit, embed_documents
 
 __all__ = ["GritLMEmbedding"]
 
@@ -50,7 +51,7 @@ class GritLMEmbedding(UsesSharedGrit, BaseEmbedding):
     )
     rag_kwargs: dict[str, Any] | None = Field(default=None, description="More GritRAG settings (e.g. a store).")
 
-    _shared: SharedGrit | None = PrivateAttr(default=None)
+    _shared: GritRAG | None = PrivateAttr(default=None)
 
     def __init__(self, model: Any = "default", **kwargs: Any) -> None:
         kwargs.setdefault("model_name", model_display_name(check_model_argument(model)))
@@ -61,7 +62,7 @@ class GritLMEmbedding(UsesSharedGrit, BaseEmbedding):
         return "GritLMEmbedding"
 
     def _get_query_embedding(self, query: str) -> Embedding:
-        return self.shared.embed_queries([query], instruction=self.query_instruction)[0].tolist()
+        return self.shared.embed([query], instruction=self.query_instruction)[0].tolist()
 
     async def _aget_query_embedding(self, query: str) -> Embedding:
         return await asyncio.to_thread(self._get_query_embedding, query)
@@ -75,7 +76,7 @@ class GritLMEmbedding(UsesSharedGrit, BaseEmbedding):
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         if not texts:
             return []
-        return self.shared.embed_documents(texts, cache=self.cache_documents).tolist()
+        return embed_documents(self.shared, texts, cache=self.cache_documents).tolist()
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         return await asyncio.to_thread(self._get_text_embeddings, texts)

@@ -22,14 +22,16 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.custom import CustomLLM
 from pydantic import Field, PrivateAttr, field_validator
 
-from grit_hf.shared import SharedGeneration, SharedGrit, UsesSharedGrit, aiter_in_thread, check_model_argument
+from grit_hf.rag import GenerationResult, GritRAG, check_model_argument
+from grit_hf.rag.integration import UsesSharedGrit, aiter_in_thread
+from grit_hf.validation import check_non_negative_number, check_positive_int
 
 __all__ = ["GritLM"]
 
 _ROLE_NAMES = {MessageRole.DEVELOPER: "system", MessageRole.CHATBOT: "assistant", MessageRole.MODEL: "assistant"}
 
 
-def _usage(result: SharedGeneration) -> dict[str, Any]:
+def _usage(result: GenerationResult) -> dict[str, Any]:
     return {
         "cache_read_tokens": result.cache_read_tokens,
         "prompt_tokens": result.prompt_tokens,
@@ -76,7 +78,7 @@ class GritLM(UsesSharedGrit, CustomLLM):
     reuse_cache: bool = Field(default=True, description="Reuse cached key/value states of texts in the prompt.")
     context_window: int | None = Field(default=None, gt=0, description="Tokens of prompt plus answer.")
 
-    _shared: SharedGrit | None = PrivateAttr(default=None)
+    _shared: GritRAG | None = PrivateAttr(default=None)
 
     @field_validator("model")
     @classmethod
@@ -91,7 +93,7 @@ class GritLM(UsesSharedGrit, CustomLLM):
     def metadata(self) -> LLMMetadata:
         """Context window (the model's maximum positions), output budget and name; a chat model."""
         return LLMMetadata(
-            context_window=self.context_window or self.shared.max_positions or 2048,
+            context_window=self.context_window or self.shared.model.max_positions or 2048,
             num_output=self.max_new_tokens,
             is_chat_model=True,
             model_name=self.shared_name,
@@ -102,13 +104,15 @@ class GritLM(UsesSharedGrit, CustomLLM):
         unknown = set(kwargs) - {"max_new_tokens", "max_tokens", "temperature", "stop", "reuse_cache"}
         if unknown:
             raise TypeError(f"GritLM got unexpected keyword argument(s) {sorted(unknown)}.")
-        max_new_tokens = kwargs.get("max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens))
-        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-            raise ValueError(f"`max_new_tokens` must be a positive int, got {max_new_tokens!r}.")
+        max_new_tokens = check_positive_int(
+            kwargs.get("max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens)), "max_new_tokens"
+        )
         return {
             "max_new_tokens": max_new_tokens,
             "stop": kwargs["stop"] if kwargs.get("stop") is not None else self.stop,
-            "temperature": kwargs.get("temperature", self.temperature),
+            "temperature": check_non_negative_number(
+                kwargs.get("temperature", self.temperature), "temperature", allow_none=True
+            ),
             "reuse_cache": kwargs.get("reuse_cache", self.reuse_cache),
         }
 
@@ -135,12 +139,12 @@ class GritLM(UsesSharedGrit, CustomLLM):
         return self._chat_prompt([ChatMessage(role=MessageRole.USER, content=prompt)])
 
     def _completion_responses(self, full_prompt: str, options: dict[str, Any]) -> CompletionResponseGen:
-        stream = self.shared.stream(full_prompt, **options)
+        stream = self.shared.generate(full_prompt, stream=True, **options)
         text = ""
         try:
             for delta in stream:
                 text += delta
-                yield CompletionResponse(text=text, delta=delta, additional_kwargs=stream.usage_so_far())
+                yield CompletionResponse(text=text, delta=delta, additional_kwargs=_usage(stream.result))
         finally:
             stream.close()
         result = stream.result

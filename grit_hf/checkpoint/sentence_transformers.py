@@ -1,7 +1,8 @@
 """Every GRIT checkpoint is also a sentence-transformers model.
 
-After a GRIT checkpoint is saved (`save_grit_checkpoint`, `convert_checkpoint`, the default model), the writer
-registered here adds the files sentence-transformers reads. They name only stock modules:
+`GritLMPreTrainedModel.save_pretrained` (and so `save_grit_checkpoint`, `convert_checkpoint`, the default model and
+the trainer) calls `write_checkpoint_files` once, which adds the files sentence-transformers reads. They name only
+stock modules:
 
 - `modules.json`: `Transformer` (the registered GRIT `AutoModel`, whose forward is bidirectional and returns fp32
   hidden states) -> `Pooling("mean", include_prompt=False)` (mean over the text tokens only) -> `Normalize`;
@@ -37,24 +38,23 @@ from typing import TYPE_CHECKING, Any
 
 from transformers.utils import logging
 
-from .configuration_gritlm import GritLMConfig
+from ..configuration_gritlm import GritLMConfig
+from ..formatting import count_prefix_tokens
+from ..validation import check_positive_int
 
 if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
     from transformers import PreTrainedTokenizerBase
-
-    from .modeling_gritlm import GritLMPreTrainedModel
 
 logger = logging.get_logger(__name__)
 
 __all__ = [
     "TASK_INSTRUCTIONS",
     "SHIM_MODULE",
+    "write_checkpoint_files",
     "add_sentence_transformers_files",
     "write_remote_code_shim",
     "sentence_transformers_prompts",
     "grit_prompt",
-    "load_sentence_transformer",
 ]
 
 SHIM_MODULE = "gritlm_shim"
@@ -97,7 +97,7 @@ TASK_INSTRUCTIONS: dict[str, str] = {
 _TEXT_MODALITY = {"text": {"method": "forward", "method_output_name": "last_hidden_state"}}
 
 
-def grit_prompt(config: GritLMConfig | GritLMPreTrainedModel, instruction: str = "") -> str:
+def grit_prompt(config: Any, instruction: str = "") -> str:
     """The sentence-transformers `prompt` that equals `model.encode(..., instruction=instruction)`: the checkpoint's
     query template around `instruction`, or its document template when `instruction` is empty."""
     config = getattr(config, "config", config)
@@ -151,9 +151,8 @@ def _write_json(path: Path, data: Any) -> None:
     _write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def write_remote_code_shim(output_dir: str | os.PathLike) -> None:
-    """Write `gritlm_shim.py` into a saved GRIT checkpoint and point `config.json`'s `auto_map` at it (idempotent)."""
-    output_dir = Path(output_dir)
+def _grit_config_json(output_dir: Path) -> dict[str, Any]:
+    """The `config.json` of a saved GRIT checkpoint folder; `ValueError` if `output_dir` is not one."""
     config_path = output_dir / "config.json"
     if not config_path.is_file():
         raise ValueError(f"`output_dir` must hold a saved GRIT checkpoint (config.json), got {str(output_dir)!r}.")
@@ -161,8 +160,15 @@ def write_remote_code_shim(output_dir: str | os.PathLike) -> None:
     if config.get("model_type") != GritLMConfig.model_type:
         raise ValueError(
             f"{output_dir} holds a {config.get('model_type')!r} checkpoint, not a GRIT one; convert it first with "
-            "`grit_hf.conversion.convert_checkpoint`."
+            "`grit_hf.convert_checkpoint`."
         )
+    return config
+
+
+def write_remote_code_shim(output_dir: str | os.PathLike) -> None:
+    """Write `gritlm_shim.py` into a saved GRIT checkpoint and point `config.json`'s `auto_map` at it (idempotent)."""
+    output_dir = Path(output_dir)
+    config = _grit_config_json(output_dir)
     shim_path = output_dir / f"{SHIM_MODULE}.py"
     if not shim_path.is_file() or shim_path.read_text(encoding="utf-8") != SHIM_SOURCE:
         _write_text(shim_path, SHIM_SOURCE)
@@ -170,7 +176,7 @@ def write_remote_code_shim(output_dir: str | os.PathLike) -> None:
     if any(auto_map.get(key) != value for key, value in SHIM_AUTO_MAP.items()):
         auto_map.update(SHIM_AUTO_MAP)
         config["auto_map"] = auto_map
-        _write_json(config_path, config)
+        _write_json(output_dir / "config.json", config)
 
 
 def add_sentence_transformers_files(
@@ -183,7 +189,7 @@ def add_sentence_transformers_files(
 ) -> Path:
     """Make a saved GRIT checkpoint folder a sentence-transformers model (and loadable with `trust_remote_code`).
 
-    Use it on folders saved before this writer existed; `save_grit_checkpoint` runs it on every new checkpoint.
+    Use it on folders saved before this writer existed; `write_checkpoint_files` runs it on every new checkpoint.
 
     Args:
         output_dir: a GRIT checkpoint folder (`config.json` with `model_type="gritlm"`).
@@ -198,15 +204,12 @@ def add_sentence_transformers_files(
         `output_dir` as a `Path`.
     """
     output_dir = Path(output_dir)
-    write_remote_code_shim(output_dir)
     if config is None:
+        _grit_config_json(output_dir)
         config = GritLMConfig.from_pretrained(output_dir)
     if not isinstance(config, GritLMConfig):
         raise TypeError(f"`config` must be a GritLMConfig, got {type(config).__name__}.")
-    if max_seq_length is not None and (
-        not isinstance(max_seq_length, int) or isinstance(max_seq_length, bool) or max_seq_length < 1
-    ):
-        raise ValueError(f"`max_seq_length` must be a positive int or None, got {max_seq_length!r}.")
+    check_positive_int(max_seq_length, "max_seq_length", allow_none=True)
     if config.pooling_method == "weightedmean":
         # ST's weightedmean counts positions from the first token, GRIT's from the first text token.
         logger.warning(
@@ -286,8 +289,6 @@ def _load_tokenizer(folder: Path) -> PreTrainedTokenizerBase | None:
 def _check_prompt_lengths(tokenizer: PreTrainedTokenizerBase, prompts: dict[str, str]) -> None:
     """Warn if sentence-transformers would count a prompt's tokens differently from `encode` (it drops any trailing
     special token, `encode` only an appended end token), i.e. if a template ends with a special token."""
-    from .formatting import count_prefix_tokens
-
     special = set(tokenizer.all_special_ids)
     for name, prompt in prompts.items():
         ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
@@ -299,44 +300,20 @@ def _check_prompt_lengths(tokenizer: PreTrainedTokenizerBase, prompts: dict[str,
             )
 
 
-def load_sentence_transformer(model: str | os.PathLike = "default", **kwargs) -> SentenceTransformer:
-    """`SentenceTransformer` over a GRIT checkpoint folder (`"default"`: the default model), adding the
-    sentence-transformers files first if the folder lacks them. `kwargs` go to `SentenceTransformer`."""
-    from sentence_transformers import SentenceTransformer
-
-    from .default_model import resolve_model_path
-
-    path = Path(resolve_model_path(model))
-    if not (path / "modules.json").is_file():
-        add_sentence_transformers_files(path)
-    return SentenceTransformer(str(path), **kwargs)
-
-
-def _checkpoint_writer(output_dir: str | os.PathLike, model: GritLMPreTrainedModel, tokenizer: Any) -> None:
-    add_sentence_transformers_files(output_dir, model.config, tokenizer=tokenizer)
-
-
-def _save_pretrained_hook(save_directory: str | os.PathLike, model: GritLMPreTrainedModel) -> None:
-    """Keep the shim next to the weights, and keep a folder saved from the embedding class (e.g. by
-    `SentenceTransformer.save`, which also turns `use_cache` off) generating with its KV cache."""
-    write_remote_code_shim(save_directory)
-    generation_config_path = Path(save_directory) / "generation_config.json"
+def write_checkpoint_files(
+    output_dir: str | os.PathLike, config: GritLMConfig, tokenizer: PreTrainedTokenizerBase | None = None
+) -> None:
+    """Everything a saved GRIT checkpoint folder needs besides weights, config and tokenizer: the remote-code shim
+    (and `auto_map`), a generation config that keeps the KV cache on (a folder saved from the embedding class, e.g. by
+    `SentenceTransformer.save`, which turns `use_cache` off, must still generate with its cache), and the
+    sentence-transformers files. Called once by every `save_pretrained` of a GRIT model."""
+    output_dir = Path(output_dir)
+    write_remote_code_shim(output_dir)
+    generation_config_path = output_dir / "generation_config.json"
     if not generation_config_path.is_file():
         from transformers import GenerationConfig
 
-        generation_config = GenerationConfig.from_model_config(model.config)
+        generation_config = GenerationConfig.from_model_config(config)
         generation_config.use_cache = True
-        generation_config.save_pretrained(save_directory)
-
-
-def _register() -> None:
-    from . import conversion, modeling_gritlm
-
-    if _checkpoint_writer not in conversion.CHECKPOINT_WRITERS:
-        conversion.CHECKPOINT_WRITERS.append(_checkpoint_writer)
-    hooks = getattr(modeling_gritlm, "SAVE_PRETRAINED_HOOKS", None)
-    if hooks is not None and _save_pretrained_hook not in hooks:
-        hooks.append(_save_pretrained_hook)
-
-
-_register()
+        generation_config.save_pretrained(output_dir)
+    add_sentence_transformers_files(output_dir, config, tokenizer=tokenizer)

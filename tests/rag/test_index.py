@@ -11,8 +11,11 @@ import torch
 from grit_hf import GritLMForCausalLM
 from grit_hf.cache import DiskKVStore, FingerprintMismatchError
 from grit_hf.cache.buffers import PreallocatedLayer, append_states, new_cache
-from grit_hf.rag import CachedSegment, GritRAG, RAGAnswer
-from grit_hf.rag_prompts import RAG_MODES, RAGPrompts, chat_markers, fill
+from grit_hf.rag import CachedSegment, GenerationResult, GritRAG
+from grit_hf.rag.compose import close_with_text, compose
+from grit_hf.rag.decoding import _pick
+from grit_hf.rag.prompts import RAG_MODES, RAGPrompts, chat_markers, fill
+from grit_hf.rag.segments import resolve_segments
 
 DOCS = [
     "The capital of France is Paris. Paris is a city on the Seine.",
@@ -38,9 +41,21 @@ def causal_rag(model):
 
 @pytest.fixture(scope="module")
 def bidirectional_rag(model):
-    rag = GritRAG(model)
+    rag = GritRAG(model, cache_attention="bidirectional")
     rag.add_documents(DOCS, ids=["paris", "berlin", "photo"])
     return rag
+
+
+def _parts(rag, segments, reuse_cache=True):
+    return resolve_segments(segments, rag.tokenizer, rag._document, reuse_cache=reuse_cache)
+
+
+def _compose(rag, segments):
+    """The composed cache of a prompt, as the engine builds it before decoding."""
+    parts = close_with_text(_parts(rag, segments))
+    cache = new_cache("preallocated", rag.model.config.text_config, sum(part.num_tokens for part in parts))
+    with torch.inference_mode():
+        return compose(rag.model, parts, cache, rag.generator.rotary_emb, rag.model.device)
 
 
 def _reference_generate(model, ids: list[int], max_new_tokens: int) -> list[int]:
@@ -66,7 +81,7 @@ def test_causal_caches_equal_plain_rag_token_for_token(causal_rag, top_k):
     if top_k == 1:  # a second cached document never attended to the first: exact only for one
         assert answers["doc"].token_ids == answers["rag_doc_query"].token_ids
     for mode, answer in answers.items():
-        assert isinstance(answer, RAGAnswer) and answer.mode == mode and answer.completion_tokens == 10
+        assert isinstance(answer, GenerationResult) and answer.mode == mode and answer.completion_tokens == 10
         assert answer.finish_reason == "length" and len(answer.doc_ids) == (0 if mode == "none" else top_k)
         assert (answer.cache_read_tokens > 0) == (mode in ("query", "doc", "query_doc", "doc_query"))
     assert answers["doc"].prompt_tokens == answers["rag_doc_query"].prompt_tokens
@@ -77,7 +92,7 @@ def test_plain_rag_and_decode_loop_match_model_generate(causal_rag):
     model = causal_rag.model
     for mode in ("rag_doc_query", "rag_query_doc", "none"):
         segments = causal_rag.build_segments(QUERY, mode, ["paris"])
-        ids = [t for part in causal_rag._resolve(segments, reuse_cache=False) for t in part.ids]
+        ids = [t for part in _parts(causal_rag, segments, reuse_cache=False) for t in part.ids]
         answer = causal_rag.answer(QUERY, mode=mode, doc_ids=["paris"], **GEN)
         assert answer.prompt_tokens == len(ids)
         assert answer.token_ids == _reference_generate(model, ids, 10), mode
@@ -105,12 +120,13 @@ def test_search_ranks_by_cosine(bidirectional_rag):
 def test_several_cached_documents_sit_at_their_offsets(causal_rag):
     """Layer-0 keys depend only on token and position: the composed cache must equal a full forward's layer 0."""
     segments = [CachedSegment("paris"), CachedSegment("berlin"), CachedSegment("photo"), "\nQ"]
-    parts = causal_rag._resolve(segments, reuse_cache=True)
-    cache, _, prompt_tokens, cache_read = causal_rag._prefill(parts)
-    ids = [t for part in causal_rag._resolve(segments, reuse_cache=False) for t in part.ids]
-    assert prompt_tokens == len(ids) and cache_read == len(ids) - len(parts[-1].ids)
+    parts = _parts(causal_rag, segments)
+    composition = _compose(causal_rag, segments)
+    cache = composition.cache
+    ids = [t for part in _parts(causal_rag, segments, reuse_cache=False) for t in part.ids]
+    assert composition.position == len(ids) and composition.cache_read == len(ids) - len(parts[-1].ids)
     with torch.inference_mode():
-        full = causal_rag.model(input_ids=torch.tensor([ids]), use_cache=True).past_key_values
+        full = causal_rag.model(input_ids=torch.tensor([ids]), use_cache=True).cache
     torch.testing.assert_close(cache.layers[0].keys, full.layers[0].keys, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(cache.layers[0].values, full.layers[0].values, rtol=1e-5, atol=1e-5)
 
@@ -123,7 +139,7 @@ def test_generation_never_mutates_or_copies_stored_states(causal_rag):
     causal_rag.generate_from_segments(["x", CachedSegment("paris"), "y"], max_new_tokens=3)
     for (k, v), (k0, v0) in zip(stored.layers(), before):
         assert torch.equal(k, k0) and torch.equal(v, v0)
-    cache, *_ = causal_rag._prefill(causal_rag._resolve([CachedSegment("paris"), "?"], reuse_cache=True))
+    cache = _compose(causal_rag, [CachedSegment("paris"), "?"]).cache
     assert cache.layers[0].keys.data_ptr() != stored.layers()[0][0].data_ptr()  # one copy into the decode buffer
     dynamic = new_cache("dynamic", causal_rag.model.config.text_config, 0)
     assert append_states(dynamic, stored.layers()).layers[0].keys is stored.layers()[0][0]  # "dynamic": no copy
@@ -167,11 +183,16 @@ def test_cached_document_first_in_a_prompt_is_exact(causal_rag):
 
 def test_cached_document_later_in_a_prompt_drops_its_bos(causal_rag):
     stored = causal_rag.store.get("berlin")
-    bos = causal_rag._special_prefix
+    bos = causal_rag.generator.special_prefix
     result = causal_rag.generate_from_segments(["Context: ", CachedSegment("berlin"), "\nQ?"], max_new_tokens=4)
-    text_ids = len(causal_rag.tokenizer("Context: ", add_special_tokens=False)["input_ids"])
+    before = len(causal_rag.tokenizer("Context: ", add_special_tokens=False)["input_ids"])
+    after = len(causal_rag.tokenizer("\nQ?", add_special_tokens=False)["input_ids"])
     assert result.cache_read_tokens == stored.num_tokens - len(bos)
-    assert result.prompt_tokens == text_ids + stored.num_tokens - len(bos) + 2 or result.prompt_tokens > text_ids
+    assert result.prompt_tokens == before + stored.num_tokens - len(bos) + after
+    plain = causal_rag.generate_from_segments(
+        ["Context: ", CachedSegment("berlin"), "\nQ?"], reuse_cache=False, max_new_tokens=4
+    )
+    assert plain.prompt_tokens == result.prompt_tokens and plain.cache_read_tokens == 0
 
 
 def test_prompt_ending_with_a_cached_segment(causal_rag):
@@ -184,37 +205,65 @@ def test_prompt_ending_with_a_cached_segment(causal_rag):
 # -- streaming, stop strings, sampling -------------------------------------------------------------------------------
 def test_stream_yields_the_answer_text(causal_rag):
     full = causal_rag.answer(QUERY, mode="doc", **GEN)
-    stream = causal_rag.stream_answer(QUERY, mode="doc", **GEN)
+    stream = causal_rag.answer(QUERY, mode="doc", stream=True, **GEN)
     pieces = list(stream)
     assert "".join(pieces) == full.text == stream.result.text
     assert stream.result.token_ids == full.token_ids and stream.result.doc_ids == full.doc_ids
-    segments_stream = causal_rag.stream_from_segments([CachedSegment("paris"), "?"], **GEN)
+    segments_stream = causal_rag.generate_from_segments([CachedSegment("paris"), "?"], stream=True, **GEN)
     assert "".join(segments_stream) == segments_stream.result.text
 
 
 def test_stop_strings_cut_the_text_in_both_paths(causal_rag):
+    """The engine's text stage on a known token sequence: the text ends before the first stop string, in the result
+    and in the streamed pieces, even when the stop string spans several tokens."""
+    text = "alpha beta gamma delta"
+    ids = causal_rag.tokenizer(text, add_special_tokens=False)["input_ids"]
+    for stop, expected in ((["gamma"], "alpha beta "), (["a d", "\x00never"], "alpha beta gamm"), ([], text)):
+        result = GenerationResult()
+        pieces = list(causal_rag.generator._text((token for token in ids), stop, result))
+        assert "".join(pieces) == result.text == expected
+        assert result.finish_reason == ("stop" if stop else "length")
     full = causal_rag.answer(QUERY, mode="doc", max_new_tokens=24, ignore_eos=True)
-    visible = full.text.strip()
-    if len(visible) < 4:
-        pytest.skip("the random model produced too little visible text")
-    stop = visible[len(visible) // 2 : len(visible) // 2 + 2]
-    cut = full.text[: full.text.find(stop)]
+    stop = full.text[len(full.text) // 2 :][:2] or "\x00never"
+    cut = full.text[: full.text.find(stop)] if stop in full.text else full.text
     stopped = causal_rag.answer(QUERY, mode="doc", max_new_tokens=24, ignore_eos=True, stop=[stop, "\x00never"])
-    assert stopped.text == cut and stopped.finish_reason == "stop"
+    assert stopped.text == cut
     stream = causal_rag.answer(QUERY, mode="doc", max_new_tokens=24, ignore_eos=True, stop=stop, stream=True)
-    assert "".join(stream) == cut and stream.result.finish_reason == "stop"
+    assert "".join(stream) == cut
 
 
-def test_sampling_is_seeded(causal_rag):
-    first = causal_rag.answer(QUERY, mode="doc", temperature=1.0, top_p=0.9, seed=3, **GEN)
-    again = causal_rag.answer(QUERY, mode="doc", temperature=1.0, top_p=0.9, seed=3, **GEN)
-    assert first.token_ids == again.token_ids
+def test_sampling_is_seeded_and_uses_temperature_and_top_p(causal_rag):
+    sampled = dict(mode="doc", temperature=1.0, seed=3, **GEN)
+    first = causal_rag.answer(QUERY, **sampled)
+    assert causal_rag.answer(QUERY, **sampled).token_ids == first.token_ids
+    greedy = causal_rag.answer(QUERY, mode="doc", **GEN).token_ids
+    # top_p below the top token's probability keeps only that token: sampling becomes greedy
+    assert causal_rag.answer(QUERY, mode="doc", temperature=1.0, top_p=1e-9, seed=3, **GEN).token_ids == greedy
+    # the random model's next-token distribution is flat: sampled answers differ from the greedy one
+    assert any(
+        causal_rag.answer(QUERY, mode="doc", temperature=1.0, seed=s, **GEN).token_ids != greedy for s in range(3)
+    )
+
+
+def test_sampler_follows_the_softmax_of_logits_over_temperature():
+    logits = torch.tensor([0.0, 1.0, 2.0])
+    generator = torch.Generator().manual_seed(0)
+    for temperature in (0.5, 2.0):
+        counts = torch.bincount(
+            torch.tensor([_pick(logits, temperature, 1.0, generator) for _ in range(4000)]), minlength=3
+        )
+        expected = torch.softmax(logits / temperature, -1)
+        torch.testing.assert_close(counts / 4000, expected, atol=0.03, rtol=0)
+    kept = {_pick(logits, 1.0, 0.6, generator) for _ in range(200)}  # the top token alone holds 0.665 > 0.6
+    assert kept == {2}
+    assert _pick(logits, 0.0, 1.0, None) == 2
 
 
 @pytest.mark.parametrize("kind", ["dynamic", "static"])
 def test_decode_caches_agree(model, causal_rag, kind):
     other = GritRAG(model, cache_attention="causal", store=causal_rag.store, decode_cache=kind)
     other._ids, other._texts, other._embeddings = causal_rag._ids, causal_rag._texts, causal_rag._embeddings
+    other._uncached = causal_rag._uncached
     for mode in ("doc", "query_doc", "rag_doc_query"):
         assert (
             other.answer(QUERY, mode=mode, top_k=2, **GEN).token_ids
@@ -307,9 +356,9 @@ def test_input_errors(causal_rag, model):
         causal_rag.answer(QUERY, max_new_tokens=0)
     with pytest.raises(TypeError, match="`segments"):
         causal_rag.generate_from_segments([3.5])
-    with pytest.raises(KeyError, match="nope"):
+    with pytest.raises(ValueError, match="nope"):
         causal_rag.generate_from_segments([CachedSegment("nope")])
-    with pytest.raises(ValueError, match="duplicates"):
+    with pytest.raises(ValueError, match="two different texts"):
         causal_rag.add_documents(["a", "b"], ids=["x", "x"])
     with pytest.raises(TypeError, match="`stop`"):
         causal_rag.answer(QUERY, stop=[""])

@@ -1,46 +1,37 @@
-"""The `grit-hf` command line: convert, embed, generate, demo, and the subcommands other modules add.
-
-A module adds a subcommand by defining `add_cli_command(subparsers)` (adding its parser with
-`set_defaults(func=fn)`, where `fn(args) -> int`) and being listed in `_COMMAND_MODULES`. Heavy imports happen
-inside the command functions so that `grit-hf --help` stays fast.
-"""
+"""`grit-hf convert`, `embed`, `generate` and `demo`."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
-import time
 
-__all__ = ["main", "make_parser"]
-
-_COMMAND_MODULES = ("grit_hf.evaluation", "grit_hf.train")
+__all__ = ["add_parsers", "add_model_arguments"]
 
 
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="default", help="GRIT checkpoint folder, or 'default' (SmolLM2-135M).")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu).")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+def add_model_arguments(parser: argparse.ArgumentParser, dtype: str = "float32") -> None:
+    """`--model`, `--revision`, `--device`, `--dtype`, shared by every command that loads a model."""
+    parser.add_argument(
+        "--model", default="default", help="GRIT or stock checkpoint: a folder, a Hub name, or 'default'"
+    )
+    parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", default=dtype, choices=["auto", "float32", "bfloat16", "float16"])
 
 
-def _load_model(args: argparse.Namespace):
-    import torch
+def load_model_from_args(args: argparse.Namespace):
+    from ..checkpoint.loading import load_model
 
-    import grit_hf  # noqa: F401  (registers the model type)
-    from grit_hf.default_model import resolve_model_path
-    from grit_hf.modeling_gritlm import GritLMForCausalLM
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = GritLMForCausalLM.from_pretrained(resolve_model_path(args.model), dtype=getattr(torch, args.dtype))
-    return model.to(device).eval()
+    return load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from grit_hf.conversion import convert_checkpoint
+    from ..checkpoint.conversion import convert_checkpoint
 
     settings = {k: v for k, v in (("query_template", args.query_template), ("pooling_method", args.pooling)) if v}
-    output = convert_checkpoint(args.source, args.output, dtype=args.dtype, **settings)
+    if args.document_template is not None:
+        settings["document_template"] = args.document_template
+    output = convert_checkpoint(args.source, args.output, dtype=args.dtype, revision=args.revision, **settings)
     print(f"Wrote a GRIT checkpoint to {output}")
     return 0
 
@@ -49,16 +40,27 @@ def _read_texts(path: str) -> list[str]:
     stream = sys.stdin if path == "-" else open(path, encoding="utf-8")
     with stream:
         lines = [line.rstrip("\n") for line in stream]
-    if path.endswith(".jsonl"):
-        return [json.loads(line)["text"] for line in lines if line.strip()]
-    return [line for line in lines if line.strip()]
+    if not path.endswith(".jsonl"):
+        return [line for line in lines if line.strip()]
+    texts = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise SystemExit(f"grit-hf embed: {path}:{number}: invalid JSON ({error.msg}).") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise SystemExit(f"grit-hf embed: {path}:{number}: each line must be an object with a string 'text'.")
+        texts.append(record["text"])
+    return texts
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
     texts = _read_texts(args.input)
-    model = _load_model(args)
+    model = load_model_from_args(args)
     embeddings = model.encode(
         texts,
         instruction=args.instruction,
@@ -77,16 +79,15 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from grit_hf.generation import chat
+    from ..generation import chat
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    model = _load_model(args)
-    print(chat(model, prompt, max_new_tokens=args.max_new_tokens))
+    print(chat(load_model_from_args(args), prompt, max_new_tokens=args.max_new_tokens))
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from grit_hf.demo import run_demo
+    from ..demo import run_demo
 
     if args.threads:
         import torch
@@ -100,15 +101,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="grit-hf", description="GRIT models: embed, generate, RAG with caching.")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Add `convert`, `embed`, `generate` and `demo`."""
     convert = subparsers.add_parser("convert", help="Turn a stock decoder checkpoint into a GRIT checkpoint.")
-    convert.add_argument("source", help="stock checkpoint folder (config.json + *.safetensors)")
+    convert.add_argument("source", help="stock checkpoint: a folder (config.json + *.safetensors) or a Hub name")
     convert.add_argument("output", help="folder to write the GRIT checkpoint to")
+    convert.add_argument("--revision", default=None, help="Hub revision of SOURCE")
     convert.add_argument("--dtype", default="auto", help="dtype of the saved weights (default: as stored)")
     convert.add_argument("--query-template", default=None, help="prefix for instructed texts, with {instruction}")
+    convert.add_argument("--document-template", default=None, help="prefix for texts without an instruction")
     convert.add_argument("--pooling", default=None, choices=["mean", "weightedmean", "lasttoken"])
     convert.set_defaults(func=_cmd_convert)
 
@@ -119,51 +120,24 @@ def make_parser() -> argparse.ArgumentParser:
     embed.add_argument("--batch-size", type=int, default=32)
     embed.add_argument("--max-length", type=int, default=512)
     embed.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    _add_model_args(embed)
+    add_model_arguments(embed)
     embed.set_defaults(func=_cmd_embed)
 
     generate = subparsers.add_parser("generate", help="Answer a prompt (chat template applied).")
     generate.add_argument("prompt", help="the user prompt, or - for stdin")
     generate.add_argument("--max-new-tokens", type=int, default=128)
-    _add_model_args(generate)
+    add_model_arguments(generate)
     generate.set_defaults(func=_cmd_generate)
 
     demo = subparsers.add_parser("demo", help="Offline RAG demo on the default model: embed, retrieve, answer.")
-    demo.add_argument("--model", default="default")
+    demo.add_argument("--model", default="default", help="a folder, a Hub name or 'default'")
     demo.add_argument("--question", default=None, help="question to answer (default: a built-in one)")
     demo.add_argument(
         "--cache-attention",
-        default="causal",
+        default=None,
         choices=["causal", "bidirectional"],
-        help="states to cache: causal (exact; the default model is not GRIT-trained) or the embedding pass's own",
+        help="states to cache (default: the checkpoint's: bidirectional if it was trained for cached generation)",
     )
     demo.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     demo.set_defaults(func=_cmd_demo)
-
-    for module_name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise
-            continue
-        module.add_cli_command(subparsers)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = make_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown and not getattr(args, "accepts_unknown_args", False):
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.unknown_args = unknown
-    start = time.perf_counter()
-    code = args.func(args)
-    if args.command not in ("demo",):
-        print(f"[grit-hf {args.command}] done in {time.perf_counter() - start:.1f}s", file=sys.stderr)
-    return code
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,5 +1,5 @@
-"""The shared-instance registry (`grit_hf.shared`): one model, one `GritRAG` and one key/value store per path or model
-object, created once under concurrency; and the embed/generate helpers the integrations use."""
+"""The shared-instance registry (`grit_hf.rag.registry`): one model, one `GritRAG` and one key/value store per
+checkpoint or model object, created once under concurrency; and the helpers the integrations use."""
 
 from __future__ import annotations
 
@@ -7,19 +7,20 @@ import asyncio
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import grit_hf.default_model
-import grit_hf.shared
+import grit_hf.checkpoint.resolve
+import grit_hf.rag.registry
 from grit_hf import GritLMForCausalLM
-from grit_hf.rag import GritRAG
-from grit_hf.shared import (
+from grit_hf.checkpoint.default_model import DEFAULT_MODEL_NAME
+from grit_hf.rag import (
     MIN_CACHED_CHARS,
-    SharedGrit,
-    aiter_in_thread,
+    CachedSegment,
+    GritRAG,
     check_model_argument,
     clear_shared,
     document_id,
@@ -28,6 +29,7 @@ from grit_hf.shared import (
     model_display_name,
     release_shared,
 )
+from grit_hf.rag.integration import aiter_in_thread, embed_documents
 
 DOCS = [
     "The capital of France is Paris. Paris is a city on the Seine.",
@@ -50,19 +52,19 @@ def path(tmp_path, stock_checkpoint):
 
 def test_same_path_same_instance(path):
     shared = get_shared(path)
-    assert isinstance(shared, SharedGrit) and isinstance(shared.rag, GritRAG)
+    assert isinstance(shared, GritRAG)
     assert get_shared(path) is shared
     assert get_shared(path + os.sep) is shared
     assert get_shared(os.path.realpath(path)) is shared  # the symlink's target is the same folder
     assert get_shared(shared.model) is shared
-    assert shared.rag.model is shared.model and not shared.model.training
-    assert shared.name == "tiny" and shared.key.startswith("path:")
+    assert not shared.model.training
+    assert model_display_name(shared.model) == "tiny" and model_display_name(path) == "tiny"
 
 
 def test_model_object_instance(path):
     model = GritLMForCausalLM.from_pretrained(path)
     shared = get_shared(model)
-    assert shared.model is model and shared.key == f"object:{id(model)}"
+    assert shared.model is model
     assert get_shared(model) is shared and get_shared(path) is not shared
     assert shared in list_shared()
     assert release_shared(model) and not release_shared(model)
@@ -70,9 +72,9 @@ def test_model_object_instance(path):
 
 
 def test_default_resolves_to_the_default_folder(path, monkeypatch):
-    monkeypatch.setattr(grit_hf.default_model, "default_model_path", lambda: path)
+    monkeypatch.setattr(grit_hf.checkpoint.resolve, "default_model_path", lambda: Path(path))
     assert get_shared("default") is get_shared(path)
-    assert model_display_name("default") == grit_hf.default_model.DEFAULT_MODEL_NAME
+    assert model_display_name("default") == DEFAULT_MODEL_NAME
 
 
 def test_concurrent_creation_loads_once(path, monkeypatch):
@@ -98,7 +100,7 @@ def test_concurrent_creation_loads_once(path, monkeypatch):
 
 def test_settings_conflicts_and_bad_arguments(path):
     shared = get_shared(path, rag_kwargs={"cache_attention": "causal"})
-    assert shared.rag.cache_attention == "causal"
+    assert shared.cache_attention == "causal"
     assert get_shared(path, rag_kwargs={"cache_attention": "causal", "batch_size": None}) is shared
     with pytest.raises(ValueError, match="cache_attention"):
         get_shared(path, rag_kwargs={"cache_attention": "bidirectional"})
@@ -115,7 +117,7 @@ def test_settings_conflicts_and_bad_arguments(path):
 
 
 def test_clear_shared(path, monkeypatch):
-    monkeypatch.setattr(grit_hf.shared, "_registry", {})  # clear only this test's instances
+    monkeypatch.setattr(grit_hf.rag.registry, "_registry", {})  # clear only this test's instances
     shared = get_shared(path)
     clear_shared()
     assert shared not in list_shared()
@@ -124,40 +126,54 @@ def test_clear_shared(path, monkeypatch):
 
 def test_embed_documents_indexes_once_and_generation_reuses(path):
     shared = get_shared(path)
-    vectors = shared.embed_documents(DOCS + ["short"])
+    vectors = embed_documents(shared, DOCS + ["short"])
     assert vectors.shape == (3, 64) and vectors.dtype == np.float32
-    assert shared.rag.doc_ids == [document_id(text) for text in DOCS + ["short"]]
-    np.testing.assert_allclose(shared.embed_documents(DOCS[1:]), vectors[1:2], rtol=0, atol=0)
-    assert shared.embed_documents([]).shape == (0, 64)
+    assert shared.doc_ids == [document_id(text) for text in DOCS + ["short"]]
+    np.testing.assert_allclose(embed_documents(shared, DOCS[1:]), vectors[1:2], rtol=0, atol=0)
+    assert embed_documents(shared, []).shape == (0, 64)
+    np.testing.assert_allclose(embed_documents(shared, DOCS, cache=False), vectors[:2], atol=1e-6)
 
     prompt = shared.render_chat([{"role": "user", "content": f"{DOCS[1]}\n\nWhere are the parks? short"}])
-    segments = shared.segments(prompt)
-    assert [getattr(s, "doc_id", None) for s in segments if not isinstance(s, str)] == [document_id(DOCS[1])]
+    segments = shared.split_prompt(prompt)
+    assert [s.doc_id for s in segments if isinstance(s, CachedSegment)] == [document_id(DOCS[1])]
     assert len("short") < MIN_CACHED_CHARS  # too short to splice, although it appears in the prompt
-    assert shared.segments(prompt, reuse_cache=False) == [prompt]
 
     result = shared.generate(prompt, max_new_tokens=6)
     assert result.cache_read_tokens > 0 and result.doc_ids == [document_id(DOCS[1])]
     assert result.prompt_tokens > result.cache_read_tokens and result.completion_tokens <= 6
-    stream = shared.stream(prompt, max_new_tokens=6)
-    assert stream.cache_read_tokens == result.cache_read_tokens  # known before the first token
+    stream = shared.generate(prompt, stream=True, max_new_tokens=6)
+    assert stream.result.cache_read_tokens == result.cache_read_tokens  # known before the first token
     assert "".join(stream) == result.text and stream.result.completion_tokens == result.completion_tokens
-    assert shared.generate(prompt, max_new_tokens=6, reuse_cache=False).cache_read_tokens == 0
+    plain = shared.generate(prompt, max_new_tokens=6, reuse_cache=False)
+    assert plain.cache_read_tokens == 0 and plain.doc_ids == []
+    template = len(shared.tokenizer(shared.model.config.document_template, add_special_tokens=False)["input_ids"])
+    assert result.prompt_tokens == plain.prompt_tokens + template  # the spliced states stand for template + text
 
 
-def test_documents_longer_than_max_length_are_not_cached(path):
-    shared = get_shared(path, rag_kwargs={"max_length": 12})
-    vectors = shared.embed_documents(["Paris.", DOCS[0]])
-    assert shared.rag.doc_ids == [document_id("Paris.")]  # the long one is embedded (truncated) but not cached
+def test_documents_longer_than_max_length_are_indexed_but_not_cached(path):
+    shared = get_shared(path, rag_kwargs={"max_length": 12, "cache_attention": "causal"})
+    vectors = embed_documents(shared, ["Paris.", DOCS[0]])
+    assert shared.doc_ids == [document_id("Paris."), document_id(DOCS[0])]
+    assert document_id(DOCS[0]) not in shared.store  # truncated states cannot stand for the whole text
     np.testing.assert_allclose(vectors[1], shared.model.encode(DOCS[0], max_length=12), atol=1e-5)
+    prompt = f"{DOCS[0]}\nQ?"
+    cached = shared.generate(prompt, max_new_tokens=4, ignore_eos=True)
+    plain = shared.generate(prompt, max_new_tokens=4, ignore_eos=True, reuse_cache=False)
+    assert cached.doc_ids == [] and cached.cache_read_tokens == 0  # left in the prompt as text
+    assert cached.token_ids == plain.token_ids
+    in_doc_mode = shared.answer("Q?", mode="doc", doc_ids=[document_id(DOCS[0])], max_new_tokens=4, ignore_eos=True)
+    plain_rag = shared.answer(
+        "Q?", mode="rag_doc_query", doc_ids=[document_id(DOCS[0])], max_new_tokens=4, ignore_eos=True
+    )
+    assert in_doc_mode.cache_read_tokens == 0 and in_doc_mode.token_ids == plain_rag.token_ids
 
 
 def test_embed_queries(path):
     shared = get_shared(path)
-    query = shared.embed_queries(["capital"])
+    query = shared.embed(["capital"])
     expected = shared.model.encode(["capital"], instruction=shared.model.config.default_query_instruction)
     np.testing.assert_allclose(query, expected, atol=1e-5)
-    custom = shared.embed_queries(["capital"], instruction="Find facts")
+    custom = shared.embed(["capital"], instruction="Find facts")
     np.testing.assert_allclose(custom, shared.model.encode(["capital"], instruction="Find facts"), atol=1e-5)
 
 

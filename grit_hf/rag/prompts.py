@@ -26,11 +26,23 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["RAGMode", "RAG_MODES", "CACHING_MODES", "RAGPrompts", "fill", "chat_markers", "split_on_texts"]
+__all__ = [
+    "RAGMode",
+    "RAG_MODES",
+    "CACHING_MODES",
+    "CACHED_QUERY_MODES",
+    "RAGPrompts",
+    "QuerySlot",
+    "DocumentSlot",
+    "fill",
+    "chat_markers",
+    "split_on_texts",
+]
 
 RAGMode = Literal["none", "rag_query_doc", "rag_doc_query", "query", "doc", "query_doc", "doc_query"]
 RAG_MODES = ("none", "rag_query_doc", "rag_doc_query", "query", "doc", "query_doc", "doc_query")
 CACHING_MODES = ("query", "doc", "query_doc", "doc_query")
+CACHED_QUERY_MODES = ("query", "query_doc", "doc_query")
 
 _PLACEHOLDER = re.compile(r"\{(query|doc|user|assistant)\}")
 _TULU_USER, _TULU_ASSISTANT = "<|user|>\n", "\n<|assistant|>\n"
@@ -124,6 +136,33 @@ class RAGPrompts:
         return fill(templates[mode], user=self.user, assistant=self.assistant, query=query, doc=doc) + (
             self.response_prefix
         )
+
+    def layout(self, mode: str, query: str, doc_texts: list[str]) -> list[str | QuerySlot | DocumentSlot]:
+        """The prompt of `mode` (any but `none`) as text pieces and slots for the query part and each document
+        part, in order. `GritRAG` fills the slots with cached states or token ids, the trainer's cache loss with
+        states computed with gradients, so inference and training build the same prompt."""
+        if mode not in RAG_MODES or mode == "none":
+            raise ValueError(f"Invalid `mode`: {mode!r}. Valid modes with documents are: {RAG_MODES[1:]}.")
+        documents = [DocumentSlot(index) for index in range(len(doc_texts))]
+        if mode in ("query", "rag_query_doc"):
+            return [QuerySlot(), self.suffix(mode, doc=self.doc_separator.join(doc_texts))]
+        if mode in ("doc", "rag_doc_query"):
+            return [*documents, self.suffix(mode, query=query)]
+        if mode == "query_doc":
+            return [QuerySlot(), *documents, self.suffix(mode)]
+        return [*documents, QuerySlot(), self.suffix(mode)]
+
+
+@dataclass(frozen=True)
+class QuerySlot:
+    """Where the query part (query template + query) goes in a RAG prompt layout."""
+
+
+@dataclass(frozen=True)
+class DocumentSlot:
+    """Where the document part (document template + text) of document `index` goes in a RAG prompt layout."""
+
+    index: int
 
 
 def chat_markers(tokenizer, template: str) -> tuple[str, str] | None:

@@ -1,0 +1,3 @@
+from grit_hf.cli import main
+
+raise SystemExit(main())

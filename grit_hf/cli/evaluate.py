@@ -1,0 +1,102 @@
+"""`grit-hf eval-retrieval`: retrieval metrics on local data; `grit-hf eval-rag`: caching fidelity."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from ..checkpoint.resolve import DEFAULT_NAMES
+
+__all__ = ["add_parsers"]
+
+
+def _is_grit_folder(path: str) -> bool:
+    config = Path(path) / "config.json"
+    return path in DEFAULT_NAMES or (config.is_file() and json.loads(config.read_text()).get("model_type") == "gritlm")
+
+
+def _make_retriever(args: argparse.Namespace):
+    from ..evaluation import BM25Retriever, GritRetriever, SentenceTransformerRetriever
+
+    if args.bm25 or args.bm25_stem:
+        return BM25Retriever(stem=args.bm25_stem, max_words=args.max_length, show_progress_bar=not args.no_progress)
+    if args.model is None:
+        raise SystemExit("grit-hf eval-retrieval: give --model (a GRIT or sentence-transformers folder) or --bm25.")
+    is_st_folder = (Path(args.model) / "modules.json").is_file()
+    if args.sentence_transformers or (is_st_folder and not _is_grit_folder(args.model)):
+        if args.causal:
+            raise SystemExit("grit-hf eval-retrieval: --causal needs the GRIT path (drop --sentence-transformers).")
+        return SentenceTransformerRetriever(
+            args.model,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            device=args.device,
+            show_progress_bar=not args.no_progress,
+        )
+    return GritRetriever(  # GRIT checkpoints and stock decoder folders (wrapped as GRIT models)
+        args.model,
+        batch_size=args.batch_size,
+        max_length=args.max_length or 512,
+        is_causal=True if args.causal else None,
+        device=args.device,
+        dtype=args.dtype,
+        show_progress_bar=not args.no_progress,
+    )
+
+
+def _cmd_eval_retrieval(args: argparse.Namespace) -> int:
+    from ..evaluation import BM25Retriever, RetrievalEvaluator
+
+    start = time.perf_counter()
+    retriever = _make_retriever(args)
+    evaluator = RetrievalEvaluator(args.data, top_k=args.top_k, query_instruction=args.instruction)
+    metrics = evaluator(retriever)
+    result = {
+        "data": str(args.data),
+        "retriever": retriever.name,
+        "queries": len(evaluator.data.qrels),
+        "documents": len(evaluator.data.corpus),
+        "max_length": args.max_length,
+        "query_instruction": None if isinstance(retriever, BM25Retriever) else evaluator.query_instruction,
+        **{name: round(value, 4) for name, value in metrics.items()},
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    text = json.dumps(result, indent=2)
+    if args.output:
+        Path(args.output).write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return 0
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Add `grit-hf eval-retrieval`."""
+    parser = subparsers.add_parser(
+        "eval-retrieval",
+        help="nDCG@10, recall@1/10, MRR@10 on local retrieval data (GRIT, sentence-transformers or BM25).",
+    )
+    parser.add_argument(
+        "--model", default=None, help="GRIT checkpoint (folder, Hub name, 'default') or a sentence-transformers folder"
+    )
+    parser.add_argument(
+        "--data", required=True, help="folder with queries.jsonl, corpus.jsonl, qrels.tsv [, task.json]"
+    )
+    parser.add_argument("--bm25", action="store_true", help="BM25 (bm25s) instead of a model")
+    parser.add_argument("--bm25-stem", action="store_true", help="BM25 with the English stemmer (PyStemmer)")
+    parser.add_argument("--causal", action="store_true", help="embed with causal attention (GRIT models)")
+    parser.add_argument("--sentence-transformers", action="store_true", help="use the sentence-transformers path")
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens per text, format prefix included (default 512; ST: the model's); BM25: words per document",
+    )
+    parser.add_argument("--instruction", default=None, help="query instruction (default: task.json's)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--top-k", type=int, default=100)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--output", default=None, help="also write the JSON result to this file")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.set_defaults(func=_cmd_eval_retrieval)

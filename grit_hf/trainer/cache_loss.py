@@ -1,0 +1,228 @@
+"""The cache loss of cache-aware GRIT training: answer from the embedding pass's own states.
+
+For a RAG example (documents, a question, an answer), the documents' key/value states are taken from the embedding
+pass (document template, the model's embedding attention, each document alone at position 0), exactly as `GritRAG`
+stores them; the prompt of the caching mode is then composed with `grit_hf.rag.compose` (the one code path inference
+uses: documents re-rotated to their offsets, a BOS only at the start) and the rest of the prompt plus the answer runs
+causally on top. The loss is the next-token cross-entropy on the answer (and its end token), or, for a teacher's
+answer, optionally the KL divergence to the teacher's next-token distributions; gradients flow through the embedding
+pass. The teacher is the same model in plain-RAG mode: the same token ids, all run as text, causally, without
+gradient. Query caching modes take the query's states from its embedding pass the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+from transformers import DynamicCache
+
+from ..cache.positions import find_rotary_embedding
+from ..cache.states import KVStates, split_batch_cache
+from ..formatting import pad_right, pad_token_id
+from ..rag.compose import compose
+from ..rag.decoding import Generator
+from ..rag.prompts import DocumentSlot, QuerySlot, RAGPrompts
+from ..rag.segments import CachedSegment, Part, resolve_segments, special_prefix
+
+__all__ = ["CACHE_TEACHER_LOSSES", "CacheExample", "CachePrompter", "CacheStream", "cache_loss", "teacher_answers"]
+
+CACHE_TEACHER_LOSSES = ("ce", "kl")
+
+# Builds the embedding pass's states of right-padded `(input_ids, attention_mask)`: a `DynamicCache` per batch.
+StatesFn = Callable[[torch.Tensor, torch.Tensor], DynamicCache]
+
+
+@dataclass
+class CacheExample:
+    """One example of the cache loss: the mode's prompt pieces and the answer's token ids."""
+
+    documents: list[str]
+    question: str
+    answer_ids: list[int]
+    mode: str = "doc"
+    from_teacher: bool = False
+
+
+class CachePrompter:
+    """Builds the prompt parts of cache-loss examples the way `GritRAG` does at inference.
+
+    Args:
+        model: the (unwrapped) GRIT model; its tokenizer and templates are used.
+        prompts: the RAG prompt formats (`RAGPrompts.for_model(model)` by default).
+        query_instruction: the instruction of query parts (default: the config's `default_query_instruction`).
+        max_length: tokens per document or query part, template included.
+    """
+
+    def __init__(self, model, prompts: RAGPrompts | None = None, query_instruction: str | None = None, max_length=512):
+        self.model = model
+        self.tokenizer = model.tokenizer
+        self.prompts = prompts if prompts is not None else RAGPrompts.for_model(model)
+        self.query_instruction = (
+            model.config.default_query_instruction if query_instruction is None else query_instruction
+        )
+        self.max_length = max_length
+        self.prefix = special_prefix(self.tokenizer)
+
+    def _inputs(self, example: CacheExample) -> list[tuple[str, str]]:
+        """`(key, token ids)` of every part the embedding pass computes: documents, then the query if cached."""
+        layout = self.prompts.layout(example.mode, example.question, example.documents)
+        keys = [f"d{item.index}" for item in layout if isinstance(item, DocumentSlot)]
+        rows = self.model.tokenize_for_embedding(example.documents, "", self.max_length).token_ids
+        inputs = [(key, rows[int(key[1:])]) for key in keys]
+        if any(isinstance(item, QuerySlot) for item in layout):
+            query = self.model.tokenize_for_embedding([example.question], self.query_instruction, self.max_length)
+            inputs.append(("q", query.token_ids[0]))
+        return inputs
+
+    def parts(self, example: CacheExample, states: dict[str, KVStates] | None = None) -> list[Part]:
+        """The prompt parts of `example` (the answer excluded): cached parts hold `states[key]`, or, when `states` is
+        `None`, their token ids as text (the plain-RAG counterpart, exactly the same ids)."""
+        layout = self.prompts.layout(example.mode, example.question, example.documents)
+        pieces = dict(self._inputs(example)) if states is None else states
+        segments = [
+            CachedSegment(f"d{item.index}")
+            if isinstance(item, DocumentSlot)
+            else CachedSegment("q")
+            if isinstance(item, QuerySlot)
+            else item
+            for item in layout
+        ]
+
+        return resolve_segments(segments, self.tokenizer, pieces.__getitem__, prefix=self.prefix)
+
+    def states(self, examples: Sequence[CacheExample], states_fn: StatesFn) -> list[dict[str, KVStates]]:
+        """The embedding pass's states of every part of `examples`, in one padded forward (with gradients if enabled)."""
+        inputs = [self._inputs(example) for example in examples]
+        rows = [ids for example_inputs in inputs for _, ids in example_inputs]
+        input_ids, attention_mask = pad_right(rows, pad_token_id(self.tokenizer), self.model.device)
+        cache = states_fn(input_ids, attention_mask)
+        split = split_batch_cache(cache, input_ids, [len(ids) for ids in rows], self.model.config.is_causal_embedding)
+        result, position = [], 0
+        for example_inputs in inputs:
+            result.append({key: split[position + i] for i, (key, _) in enumerate(example_inputs)})
+            position += len(example_inputs)
+        return result
+
+
+def _targets(example: CacheExample, eos_id: int | None) -> list[int]:
+    return example.answer_ids + ([eos_id] if eos_id is not None else [])
+
+
+def cache_loss(
+    forward: Callable,
+    states_fn: StatesFn,
+    prompter: CachePrompter,
+    examples: Sequence[CacheExample],
+    rotary_emb: torch.nn.Module,
+    teacher_loss: str = "ce",
+) -> torch.Tensor:
+    """The mean next-token loss over the answer tokens of `examples`, generated from cached states.
+
+    Args:
+        forward: the causal LM forward (the possibly wrapped model).
+        states_fn: the embedding pass returning states (see `StatesFn`).
+        prompter: builds the parts.
+        examples: the micro-batch.
+        rotary_emb: the model's rotary embedding (to place the states).
+        teacher_loss: `"ce"` (cross-entropy on every answer) or `"kl"` (for teacher answers, KL divergence from the
+            teacher's next-token distributions to the model's along the answer; cross-entropy for gold answers).
+    """
+    eos_id = prompter.tokenizer.eos_token_id
+    device = prompter.model.device
+    all_states = prompter.states(examples, states_fn)
+    total, count = torch.zeros((), device=device), 0
+    for example, states in zip(examples, all_states):
+        targets = _targets(example, eos_id)
+        answer = Part(example.answer_ids) if example.answer_ids else None
+        parts = prompter.parts(example, states) + ([answer] if answer else [])
+        logits = compose(forward, parts, DynamicCache(), rotary_emb, device, logits_to_keep=len(targets)).logits
+        logits = logits[-len(targets) :].float()
+        target_ids = torch.tensor(targets, device=device)
+        if example.from_teacher and teacher_loss == "kl":
+            with torch.no_grad():
+                plain = [part.as_text() if part.states is not None else part for part in parts]
+                teacher = compose(forward, plain, DynamicCache(), None, device, logits_to_keep=len(targets)).logits
+                teacher = teacher[-len(targets) :].float().log_softmax(-1)
+            total = total + F.kl_div(logits.log_softmax(-1), teacher, log_target=True, reduction="sum")
+        else:
+            total = total + F.cross_entropy(logits, target_ids, reduction="sum")
+        count += len(targets)
+    return total / max(count, 1)
+
+
+@torch.inference_mode()
+def teacher_answers(prompter: CachePrompter, examples: Sequence[CacheExample], max_new_tokens: int) -> list[list[int]]:
+    """The model's greedy plain-RAG answers (document text in the prompt, causal, no gradient) to `examples`: the
+    teacher's targets. One batched `generate` call (left padding) over the plain prompts' token ids."""
+    model = prompter.model
+    prompts = [[t for part in prompter.parts(example) for t in part.ids] for example in examples]
+    width = max(len(ids) for ids in prompts)
+    pad = pad_token_id(prompter.tokenizer)
+    input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompts], device=model.device)
+    attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=model.device)
+    was_training = model.training
+    model.eval()
+    try:
+        output = model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=False,
+            pad_token_id=pad,
+        )  # fmt: skip
+    finally:
+        model.train(was_training)
+    eos = set(Generator(model).eos_ids)
+    answers = []
+    for row in output[:, width:].tolist():
+        end = next((i for i, token in enumerate(row) if token in eos), len(row))
+        answers.append(row[:end])
+    return answers
+
+
+class CacheStream:
+    """The cache-loss data stream of `GRITTrainer`: examples by micro-step (a pure function of the seed and the step,
+    like the embedding stream), answers tokenized (gold, truncated to `max_answer_tokens`) or taken from the teacher
+    the first time an example is drawn, and the loss of a micro-batch.
+
+    Args:
+        model: the (unwrapped) GRIT model.
+        dataset: rows with `CACHE_COLUMNS` (`grit_hf.trainer.cache_data.load_cache_dataset`).
+        sampler: global batches by micro-step (`EmbeddingBatchSampler` over the dataset's sources).
+        modes: caching modes, taken in turn over the dataset's rows.
+        max_length: tokens per document or query part.
+        max_answer_tokens: tokens of teacher answers, and at most of gold answers.
+        teacher_loss: `"ce"` or `"kl"` for teacher answers.
+    """
+
+    def __init__(self, model, dataset, sampler, modes, max_length: int, max_answer_tokens: int, teacher_loss: str):
+        self.prompter = CachePrompter(model, max_length=max_length)
+        self.dataset, self.sampler, self.modes = dataset, sampler, list(modes)
+        self.max_answer_tokens, self.teacher_loss = max_answer_tokens, teacher_loss
+        self.rotary_emb = find_rotary_embedding(model)
+        self._examples: dict[int, CacheExample] = {}
+
+    def examples(self, indices: Sequence[int]) -> list[CacheExample]:
+        """The examples of dataset rows `indices` (teacher answers computed for those drawn the first time)."""
+        tokenizer = self.prompter.tokenizer
+        missing = []
+        for index in map(int, indices):
+            if index not in self._examples:
+                row = self.dataset[index]
+                answer = tokenizer(row["answer"], add_special_tokens=False)["input_ids"][: self.max_answer_tokens]
+                mode = self.modes[index % len(self.modes)]
+                self._examples[index] = CacheExample(
+                    row["documents"], row["question"], answer, mode, not row["answer"]
+                )
+                if not row["answer"]:
+                    missing.append(index)
+        if missing:
+            answers = teacher_answers(self.prompter, [self._examples[i] for i in missing], self.max_answer_tokens)
+            for index, answer in zip(missing, answers):
+                self._examples[index].answer_ids = answer
+        return [self._examples[int(index)] for index in indices]
+
+    def loss(self, forward: Callable, states_fn: StatesFn, micro_step: int, rank: int, world_size: int):
+        """This process's cache loss for `micro_step`."""
+        examples = self.examples(self.sampler.local_batch(micro_step, rank, world_size))
+        return cache_loss(forward, states_fn, self.prompter, examples, self.rotary_emb, self.teacher_loss)
