@@ -9,9 +9,17 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import AutoModel, AutoTokenizer, GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    GenerationMixin,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 from transformers.utils import logging
 
 from .cache.states import KVStates, split_batch_cache
@@ -33,8 +41,6 @@ def load_grit_config(path: str | os.PathLike, **kwargs) -> GritLMConfig:
 
     Only `config.json` is read: no code from `path` is run, and an `auto_map` (e.g. GritLM/GritLM-7B's) is ignored.
     """
-    from transformers import AutoConfig
-
     config_dict, _ = PreTrainedConfig.get_config_dict(str(path), **kwargs)
     model_type = config_dict.get("model_type")
     if model_type == GritLMConfig.model_type:
@@ -47,6 +53,26 @@ def load_grit_config(path: str | os.PathLike, **kwargs) -> GritLMConfig:
     except ValueError as error:
         raise ValueError(f"{path} holds a `{model_type}` model, which transformers does not know: {error}") from None
     return GritLMConfig(text_config=text_config)
+
+
+def stock_key_mapping(text_config: PreTrainedConfig) -> dict[str, str]:
+    """How the weight names of the family's stock `*ForCausalLM` map onto GRIT's (`model.*`, `lm_head.*`): empty for
+    families that already use them (Llama, Mistral, Qwen, Gemma, ...), e.g. `gpt_neox.*` -> `model.*` and
+    `embed_out.*` -> `lm_head.*` for GPT-NeoX. Found from the stock class itself (built on the meta device).
+    transformers applies it when loading and reverses it when saving, so GRIT checkpoints keep the stock names."""
+    stock_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(text_config), None)
+    if stock_class is None:
+        return {}
+    with torch.device("meta"):
+        stock = stock_class(text_config)
+    head = stock.get_output_embeddings()
+    head_name = next((name for name, module in stock.named_modules() if module is head), "lm_head")
+    mapping = {}
+    if stock_class.base_model_prefix != "model":
+        mapping[rf"^{stock_class.base_model_prefix}\."] = "model."
+    if head_name != "lm_head":
+        mapping[rf"^{head_name}\."] = "lm_head."
+    return mapping
 
 
 class GritLMPreTrainedModel(PreTrainedModel):
@@ -105,6 +131,8 @@ class GritLMPreTrainedModel(PreTrainedModel):
         if config is None and pretrained_model_name_or_path is not None:
             config_kwargs = {k: kwargs[k] for k in ("subfolder", "cache_dir", "token") if k in kwargs}
             config = load_grit_config(pretrained_model_name_or_path, **config_kwargs)
+        if config is not None and "key_mapping" not in kwargs:
+            kwargs["key_mapping"] = stock_key_mapping(config.text_config) or None
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):

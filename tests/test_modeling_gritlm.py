@@ -27,7 +27,11 @@ def test_registration(grit_checkpoint):
     assert type(AutoModelForCausalLM.from_pretrained(path)) is GritLMForCausalLM
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+# The reference cannot load GPT-NeoX (it looks for Llama's attribute names): grit-hf is checked by hand there.
+REFERENCE_FAMILIES = [family for family in FAMILIES if family != "gpt_neox"]
+
+
+@pytest.mark.parametrize("family", REFERENCE_FAMILIES)
 def test_matches_reference_gritlm(family, stock_checkpoint, grit_checkpoint):
     """encode() equals the reference package `gritlm` (bidirectional 'bbcc'), queries and documents."""
     gritlm = pytest.importorskip("gritlm")
@@ -42,11 +46,12 @@ def test_matches_reference_gritlm(family, stock_checkpoint, grit_checkpoint):
     assert np.abs(queries - documents).max() > 1e-3  # the instruction matters
 
 
-def test_bidirectional_differs_from_causal_and_matches_hand_computation(stock_checkpoint):
+@pytest.mark.parametrize("family", ["llama", "gpt_neox"])
+def test_bidirectional_differs_from_causal_and_matches_hand_computation(family, stock_checkpoint):
     """Mean pooling over text tokens of the base decoder run with is_causal=False, computed by hand."""
-    path = stock_checkpoint("llama")
+    path = stock_checkpoint(family)
     model = GritLMForCausalLM.from_pretrained(path)
-    base = AutoModel.from_pretrained(path)  # the stock LlamaModel
+    base = AutoModel.from_pretrained(path)  # the stock decoder (LlamaModel, GPTNeoXModel)
     tokenizer = AutoTokenizer.from_pretrained(path)
     text = TEXTS[2]
     prefix = "<|embed|>\n"
@@ -63,7 +68,7 @@ def test_bidirectional_differs_from_causal_and_matches_hand_computation(stock_ch
     assert (ours - causal).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "mixtral"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mixtral", "gemma", "gpt_neox"])
 def test_generation_is_the_base_model(family, stock_checkpoint, grit_checkpoint):
     stock = AutoModelForCausalLM.from_pretrained(stock_checkpoint(family)).eval()
     grit = AutoModelForCausalLM.from_pretrained(grit_checkpoint(family)).eval()
@@ -72,6 +77,22 @@ def test_generation_is_the_base_model(family, stock_checkpoint, grit_checkpoint)
         assert_close(grit(**ids).logits, stock(**ids).logits, rtol=0, atol=0)
     kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=grit.tokenizer.pad_token_id)
     assert torch.equal(grit.generate(**ids, **kwargs), stock.generate(**ids, **kwargs))
+
+
+def test_family_with_other_weight_names_loads_ties_and_reloads(stock_checkpoint, tmp_path):
+    """GPT-NeoX names its decoder `gpt_neox`, its embeddings `embed_in` and its head `embed_out`: the stock weights
+    are mapped onto GRIT's names, the tied head follows `get_input_embeddings`, and a saved copy reloads equal."""
+    stock_path = stock_checkpoint("gpt_neox")
+    model = GritLMForCausalLM.from_pretrained(stock_path)
+    stock = AutoModelForCausalLM.from_pretrained(stock_path)
+    assert model._tied_weights_keys == {"lm_head.weight": "model.embed_in.weight"}
+    assert model.lm_head.weight is model.model.embed_in.weight
+    assert_close(model.model.embed_in.weight, stock.gpt_neox.embed_in.weight, rtol=0, atol=0)
+    model.save_pretrained(tmp_path / "saved")
+    model.tokenizer.save_pretrained(tmp_path / "saved")
+    again = GritLMForCausalLM.from_pretrained(tmp_path / "saved")
+    for (name, weight), (_, reloaded) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert_close(reloaded, weight, rtol=0, atol=0, msg=name)
 
 
 def test_auto_model_forward_is_bidirectional_and_fp32(stock_checkpoint, grit_checkpoint):

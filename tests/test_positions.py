@@ -6,6 +6,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 from transformers import (
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
@@ -16,6 +18,7 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
+from grit_hf import GritLMForCausalLM
 from grit_hf.cache.positions import find_rotary_embedding, rotate_keys, shift_layers, verify_rerotation
 
 BASE = dict(
@@ -48,9 +51,10 @@ def _model(family: str = "llama", rope: str = "default"):
         "mistral": (MistralConfig, MistralForCausalLM, {"sliding_window": 4096}),
         "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
         "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 16}),
+        "gpt_neox": (GPTNeoXConfig, GPTNeoXForCausalLM, {"rotary_pct": 0.5, "num_key_value_heads": None}),
     }
     config_class, model_class, extra = classes[family]
-    kwargs = {**BASE, **extra}
+    kwargs = {key: value for key, value in {**BASE, **extra}.items() if value is not None}
     if ROPES[rope] is not None:
         kwargs["rope_parameters"] = ROPES[rope]
     torch.manual_seed(0)
@@ -60,10 +64,10 @@ def _model(family: str = "llama", rope: str = "default"):
 def _layer0_keys(model, input_ids: torch.Tensor, start: int) -> torch.Tensor:
     positions = torch.arange(start, start + input_ids.shape[1]).unsqueeze(0)
     with torch.inference_mode():
-        return model.model(input_ids=input_ids, position_ids=positions, use_cache=True).past_key_values.layers[0].keys
+        return model.get_decoder()(input_ids=input_ids, position_ids=positions, use_cache=True).cache.layers[0].keys
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "gpt_neox"])
 @pytest.mark.parametrize("offset", [1, 37, 1000])
 def test_rerotated_keys_equal_keys_computed_at_offset(family, offset):
     model = _model(family)
@@ -118,6 +122,14 @@ def test_errors():
         rotate_keys(torch.randn(1, 1, 2, 16), 1.5, find_rotary_embedding(model))
     with pytest.raises(NotImplementedError, match="0 top-level rotary embedding modules"):
         find_rotary_embedding(torch.nn.Linear(2, 2))
+
+
+def test_rotary_module_is_found_whatever_its_attribute_name(stock_checkpoint):
+    model = GritLMForCausalLM.from_pretrained(stock_checkpoint("gpt_neox"))
+    rotary = model.model.rotary_emb
+    model.model.register_module("positions", model.model._modules.pop("rotary_emb"))
+    assert find_rotary_embedding(model) is rotary
+    assert find_rotary_embedding(model.model) is rotary
 
 
 def test_verify_rerotation_rejects_an_interleaved_layout(monkeypatch):

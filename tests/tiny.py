@@ -7,6 +7,10 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
+    GemmaConfig,
+    GemmaForCausalLM,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
@@ -36,6 +40,15 @@ FAMILIES = {
     "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
     "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 16}),
     "mixtral": (MixtralConfig, MixtralForCausalLM, {"num_local_experts": 4, "num_experts_per_tok": 2}),
+    # tied embeddings, scaled inputs, GeGLU
+    "gemma": (GemmaConfig, GemmaForCausalLM, {"head_dim": 16, "tie_word_embeddings": True}),
+    # other weight names (gpt_neox.embed_in, embed_out), partial rotary, tied here to test tying through
+    # get_input_embeddings
+    "gpt_neox": (
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        {"rotary_pct": 0.5, "tie_word_embeddings": True, "num_key_value_heads": None},
+    ),
 }
 
 
@@ -76,6 +89,7 @@ def make_stock_checkpoint(path: str | Path, family: str = "llama", add_bos: bool
     )
     kwargs.update(extra)
     kwargs.update(overrides)
+    kwargs = {key: value for key, value in kwargs.items() if value is not None}
     torch.manual_seed(seed)
     model = model_class(config_class(**kwargs)).eval()
     model.save_pretrained(path)

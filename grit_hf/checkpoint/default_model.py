@@ -86,7 +86,8 @@ def _drop_gguf_quantization_config(target: Path) -> None:
 def _convert_gguf(gguf_folder: Path, output_dir: Path) -> None:
     """Dequantize the GGUF into a stock Llama checkpoint (the layout GRIT checkpoints keep), then make it a GRIT one:
     the GRIT config with SmolLM2's templates, the tokenizer, and the files every GRIT checkpoint carries. No GRIT
-    model class is built here, so name resolution (which leads here for `"default"`) sits below the model classes."""
+    model class is built here, so name resolution (which leads here for `"default"`) sits below the model classes.
+    transformers refuses to save a GGUF-loaded model, so its weights are copied into a fresh stock model first."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -96,7 +97,12 @@ def _convert_gguf(gguf_folder: Path, output_dir: Path) -> None:
     text_config.architectures = None
     if hasattr(text_config, "quantization_config"):  # the weights are dequantized: reload them unquantized
         del text_config.quantization_config
-    base.save_pretrained(output_dir, safe_serialization=True)
+    stock = AutoModelForCausalLM.from_config(text_config, dtype=torch.float32)
+    missing, unexpected = stock.load_state_dict(base.state_dict(), strict=False)
+    if unexpected or [key for key in missing if key != "lm_head.weight"]:
+        raise RuntimeError(f"Unexpected weights converting the default model: {missing=} {unexpected=}")
+    stock.tie_weights()
+    stock.save_pretrained(output_dir, safe_serialization=True)
     config = GritLMConfig(text_config=text_config, **SMOLLM2_TEMPLATES)
     config.name_or_path = DEFAULT_MODEL_NAME
     config.save_pretrained(output_dir)

@@ -26,7 +26,9 @@ QUERY = "What is the capital of France?"
 GEN = dict(max_new_tokens=10, ignore_eos=True)
 
 
-@pytest.fixture(scope="module", params=[("llama", True), ("qwen2", False), ("mistral", True)], ids=str)
+@pytest.fixture(
+    scope="module", params=[("llama", True), ("qwen2", False), ("mistral", True), ("gpt_neox", True)], ids=str
+)
 def model(request, stock_checkpoint):
     family, add_bos = request.param
     return GritLMForCausalLM.from_pretrained(stock_checkpoint(family, add_bos=add_bos)).eval()
