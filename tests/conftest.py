@@ -15,6 +15,37 @@ from tiny import make_stock_checkpoint  # noqa: E402
 import grit_hf  # noqa: E402,F401  (registers the model type)
 
 
+# Frames of these packages sit between grit-hf and a deprecated API (wrappers, `nn.Module.__call__`, decorators).
+_PASS_THROUGH = ("/transformers/", "/torch/", "/accelerate/", "/huggingface_hub/", "/functools.py", "/contextlib.py")
+_OURS = (f"{os.sep}grit_hf{os.sep}", f"{os.sep}integrations{os.sep}")
+
+
+@pytest.fixture(autouse=True)
+def _no_deprecated_api_calls_from_grit_hf(monkeypatch):
+    """Fail a test when grit-hf itself calls a deprecated API: a `FutureWarning`/`DeprecationWarning` whose nearest
+    caller outside the libraries' own plumbing (see `_PASS_THROUGH`) is grit-hf code. pytest's module filters cannot
+    tell: transformers warns with `stacklevel=2`, which names torch's `nn.Module.__call__`, not the caller."""
+    import traceback
+    import warnings
+
+    real_warn = warnings.warn
+    calls: list[str] = []
+
+    def checking_warn(message, category=None, stacklevel=1, *args, **kwargs):
+        if isinstance(category, type) and issubclass(category, (FutureWarning, DeprecationWarning)):
+            for frame in reversed(traceback.extract_stack()[:-1]):
+                if any(part in frame.filename for part in _PASS_THROUGH):
+                    continue
+                if any(part in frame.filename for part in _OURS) and "/tests/" not in frame.filename:
+                    calls.append(f"{frame.filename}:{frame.lineno}: {message}")
+                break
+        return real_warn(message, category, stacklevel + 1, *args, **kwargs)
+
+    monkeypatch.setattr(warnings, "warn", checking_warn)
+    yield
+    assert not calls, "grit-hf called deprecated APIs:\n" + "\n".join(calls)
+
+
 @pytest.fixture(scope="session")
 def stock_checkpoint(tmp_path_factory):
     """`stock_checkpoint(family, add_bos=True)` -> folder of a tiny random stock checkpoint (made once per session)."""

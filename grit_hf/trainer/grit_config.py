@@ -186,7 +186,7 @@ class GRITConfig(SFTConfig):
             raise ValueError(f"`num_hard_negatives` must be >= 0, got {self.num_hard_negatives!r}.")
         if self.loss_type != "nll":
             raise ValueError(f"`loss_type` must be 'nll' for GRIT training, got {self.loss_type!r}.")
-        checkpointing_kwargs = getattr(self, "activation_checkpointing_kwargs", self.gradient_checkpointing_kwargs)
+        checkpointing_kwargs = self.activation_checkpointing_kwargs
         if (checkpointing_kwargs or {}).get("use_reentrant"):
             raise ValueError(
                 "`activation_checkpointing_kwargs={'use_reentrant': True}` is not supported: GRIT runs several "

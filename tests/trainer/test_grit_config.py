@@ -27,7 +27,7 @@ def _config(tmp_path, **kwargs) -> GRITConfig:
         ({"mode": "both"}, "Invalid `mode`: 'both'"),
         ({"gen_loss_aggregation": "tokens"}, "Invalid `gen_loss_aggregation`: 'tokens'"),
         ({"temperature": 0.0}, "`temperature` must be positive"),
-        ({"lambda_rep": -1.0}, "`lambda_rep` must be >= 0"),
+        ({"lambda_rep": -1.0}, "`lambda_rep` must be a finite number >= 0"),
         ({"emb_batch_size": 0}, "`emb_batch_size` must be a positive int"),
         ({"emb_chunk_size": 0}, "`emb_chunk_size` must be a positive int or None"),
         ({"num_hard_negatives": -1}, "`num_hard_negatives` must be >= 0"),
