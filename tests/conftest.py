@@ -14,7 +14,6 @@ from tiny import make_stock_checkpoint  # noqa: E402
 
 import grit_hf  # noqa: E402,F401  (registers the model type)
 
-
 # Frames of these packages sit between grit-hf and a deprecated API (wrappers, `nn.Module.__call__`, decorators).
 _PASS_THROUGH = ("/transformers/", "/torch/", "/accelerate/", "/huggingface_hub/", "/functools.py", "/contextlib.py")
 _OURS = (f"{os.sep}grit_hf{os.sep}", f"{os.sep}integrations{os.sep}")

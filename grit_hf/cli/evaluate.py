@@ -70,8 +70,61 @@ def _cmd_eval_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval_rag(args: argparse.Namespace) -> int:
+    from ..checkpoint.loading import load_model
+    from ..evaluation.rag_fidelity import evaluate_rag_fidelity, format_fidelity_table
+    from ..rag import GritRAG
+    from ..rag.examples import read_rag_examples
+
+    start = time.perf_counter()
+    examples = read_rag_examples(args.data, question_template=args.question_template, limit=args.limit)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision)
+    rag = GritRAG(model, cache_attention=args.cache_attention, max_length=args.max_length)
+    result = evaluate_rag_fidelity(
+        rag,
+        examples,
+        modes=args.modes,
+        max_new_tokens=args.max_new_tokens,
+        retrieve_top_k=args.top_k if args.retrieve else None,
+        show_progress_bar=not args.no_progress,
+    )
+    result.update(model=str(args.model), data=str(args.data), seconds=round(time.perf_counter() - start, 1))
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(format_fidelity_table(result))
+    return 0
+
+
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    """Add `grit-hf eval-retrieval`."""
+    """Add `grit-hf eval-retrieval` and `grit-hf eval-rag`."""
+    from ..rag.prompts import CACHING_MODES
+    from .model_commands import add_model_arguments
+
+    rag = subparsers.add_parser(
+        "eval-rag",
+        help="Caching fidelity: every caching mode against plain RAG (token F1, KL, gold F1, hit@k), JSON + table.",
+    )
+    rag.add_argument(
+        "--data", required=True, help="a .jsonl of {documents, question, answer?} records, or a retrieval folder"
+    )
+    rag.add_argument("--modes", nargs="+", default=list(CACHING_MODES), choices=list(CACHING_MODES))
+    rag.add_argument(
+        "--cache-attention",
+        default=None,
+        choices=["bidirectional", "causal"],
+        help="cached states (default: the checkpoint's config.cache_attention)",
+    )
+    rag.add_argument("--question-template", default=None, help="for a retrieval folder: '... {query} ... {names} ...'")
+    rag.add_argument("--limit", type=int, default=None, help="evaluate the first N examples")
+    rag.add_argument("--max-new-tokens", type=int, default=32)
+    rag.add_argument("--max-length", type=int, default=4096, help="tokens per document or query part")
+    rag.add_argument("--retrieve", action="store_true", help="retrieve the documents (reports hit@k)")
+    rag.add_argument("--top-k", type=int, default=1, help="documents retrieved per question with --retrieve")
+    rag.add_argument("--output", default=None, help="also write the JSON result (with every answer) to this file")
+    rag.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_model_arguments(rag)
+    rag.set_defaults(func=_cmd_eval_rag)
+
     parser = subparsers.add_parser(
         "eval-retrieval",
         help="nDCG@10, recall@1/10, MRR@10 on local retrieval data (GRIT, sentence-transformers or BM25).",

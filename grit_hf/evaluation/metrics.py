@@ -1,12 +1,16 @@
-"""Retrieval metrics as trec_eval/BEIR/MTEB compute them: nDCG@k with linear gains, recall@k, precision@k, MRR@k,
-averaged over the queries that have a relevant document."""
+"""Retrieval metrics as trec_eval/BEIR/MTEB compute them (nDCG@k with linear gains, recall@k, precision@k, MRR@k,
+averaged over the queries that have a relevant document), and answer metrics as SQuAD computes them (token F1 and
+exact match after normalisation)."""
 
 from __future__ import annotations
 
 import math
+import re
+import string
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
-__all__ = ["DEFAULT_METRICS", "retrieval_metrics"]
+__all__ = ["DEFAULT_METRICS", "retrieval_metrics", "normalize_answer", "token_f1", "exact_match"]
 
 DEFAULT_METRICS = ("ndcg@10", "recall@1", "recall@10", "mrr@10")
 
@@ -46,3 +50,26 @@ def retrieval_metrics(
             else:
                 totals[metric] += next((1.0 / (rank + 1) for rank, gain in enumerate(gains) if gain > 0), 0.0)
     return {metric: total / len(judged) for metric, total in totals.items()}
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's normalisation: lower case, no punctuation, no articles (a, an, the), single spaces."""
+    text = "".join(char for char in text.lower() if char not in set(string.punctuation))
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD's token F1 of two answers (1.0 when both are empty after normalisation)."""
+    predicted, expected = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    if not predicted or not expected:
+        return float(predicted == expected)
+    common = sum((Counter(predicted) & Counter(expected)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(expected)
+    return 2 * precision * recall / (precision + recall)
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    """1.0 if the two answers are equal after normalisation."""
+    return float(normalize_answer(prediction) == normalize_answer(reference))

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers import DynamicCache
 
 from ..cache.buffers import append_states
 from ..cache.positions import shift_layers
 from .segments import Part
 
-__all__ = ["Composition", "close_with_text", "compose"]
+__all__ = ["Composition", "close_with_text", "compose", "continuation_logits"]
 
 
 @dataclass
@@ -92,3 +93,18 @@ def compose(
             position += part.num_tokens
             cache_read += part.num_tokens
     return Composition(cache, logits, position, cache_read)
+
+
+def continuation_logits(
+    forward: Callable,
+    parts: list[Part],
+    continuation: list[int],
+    rotary_emb: nn.Module | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """The logits `[len(continuation) + 1, vocab]` that predict each token of `continuation` after the prompt `parts`,
+    and the token after it (teacher forcing, e.g. an answer and its end token). Used by the cache loss (with
+    gradients) and by the caching-fidelity evaluation."""
+    parts = [*close_with_text(parts), Part(list(continuation))] if continuation else close_with_text(parts)
+    composition = compose(forward, parts, DynamicCache(), rotary_emb, device, logits_to_keep=len(continuation) + 1)
+    return composition.logits[-(len(continuation) + 1) :]

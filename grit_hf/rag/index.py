@@ -50,7 +50,7 @@ from ..formatting import apply_chat_template
 from ..validation import check_positive_int, check_str_list, check_text, check_texts
 from .decoding import GenerationOptions, GenerationResult, GenerationStream, Generator
 from .prompts import CACHED_QUERY_MODES, RAG_MODES, DocumentSlot, QuerySlot, RAGMode, RAGPrompts, split_on_texts
-from .segments import CachedSegment, Segment, resolve_segments, strip_prefix_end
+from .segments import CachedSegment, Part, Segment, resolve_segments, strip_prefix_end
 
 logger = logging.get_logger(__name__)
 
@@ -362,6 +362,14 @@ class GritRAG:
         return segments
 
     # -- generation --------------------------------------------------------------------------------------------------
+    def resolve(self, segments: Sequence[Segment], reuse_cache: bool = True) -> list[Part]:
+        """The `Part`s of a prompt given as segments (cached documents looked up in the store; see
+        `grit_hf.rag.segments`): what the generation engine composes."""
+        with self.lock:
+            return resolve_segments(
+                segments, self.tokenizer, self._document, reuse_cache, prefix=self.generator.special_prefix
+            )
+
     def generate_from_segments(
         self,
         segments: Sequence[Segment],
@@ -386,11 +394,7 @@ class GritRAG:
             A `GenerationResult` (text, token ids, prompt/cache-read/completion counts, finish reason), or a stream.
         """
         options = GenerationOptions(**options)
-        with self.lock:
-            parts = resolve_segments(
-                segments, self.tokenizer, self._document, reuse_cache, prefix=self.generator.special_prefix
-            )
-        pieces = self.generator.stream(parts, options, result)
+        pieces = self.generator.stream(self.resolve(segments, reuse_cache), options, result)
         return pieces if stream else pieces.consume()
 
     def generate(

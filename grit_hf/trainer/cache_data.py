@@ -20,6 +20,7 @@ from typing import Any
 
 from transformers.utils import logging
 
+from ..rag.examples import normalize_rag_record
 from ..retrieval_data import is_retrieval_folder
 from .data import _iter_source, normalize_embedding_record, read_retrieval_folder
 
@@ -32,9 +33,7 @@ CACHE_COLUMNS = ("documents", "question", "answer", "source")
 
 def normalize_cache_record(record: Any, where: str, source: str, question_template: str | None = None) -> dict:
     """One cache-loss example as a row with `CACHE_COLUMNS` (`answer` is `""` when there is none)."""
-    if not isinstance(record, dict):
-        raise ValueError(f"{where}: a RAG record must be a JSON object, got {type(record).__name__}.")
-    if "documents" not in record and "query" in record and question_template is not None:
+    if isinstance(record, dict) and "documents" not in record and "query" in record and question_template is not None:
         row = normalize_embedding_record(record, where, source)
         return {
             "documents": [row["pos"][0]],
@@ -42,26 +41,17 @@ def normalize_cache_record(record: Any, where: str, source: str, question_templa
             "answer": "",
             "source": row["source"],
         }
-    documents, question, answer = record.get("documents"), record.get("question"), record.get("answer", "")
-    if isinstance(documents, str):
-        documents = [documents]
-    if not isinstance(documents, list) or not documents or not all(isinstance(d, str) and d for d in documents):
-        hint = " (embedding records need `cache_question_template`)" if "query" in record else ""
-        raise ValueError(
-            f"{where}: `documents` must be a non-empty list of non-empty str{hint}, got {documents!r:.80}."
+    try:
+        example = normalize_rag_record(record, where)
+    except ValueError as error:
+        hint = (
+            " (embedding records need `cache_question_template`)"
+            if isinstance(record, dict) and "query" in record
+            else ""
         )
-    if not isinstance(question, str) or not question:
-        raise ValueError(f"{where}: `question` must be a non-empty str, got {question!r:.80}.")
-    if answer is None:
-        answer = ""
-    if not isinstance(answer, str):
-        raise ValueError(f"{where}: `answer` must be a str when given, got {type(answer).__name__}.")
-    return {
-        "documents": documents,
-        "question": question,
-        "answer": answer,
-        "source": str(record.get("source") or source),
-    }
+        raise ValueError(f"{error}{hint}") from None
+    source = str(record.get("source") or source)
+    return {"documents": example.documents, "question": example.question, "answer": example.answer, "source": source}
 
 
 def load_cache_dataset(source: Any, split: str = "train", question_template: str | None = None):

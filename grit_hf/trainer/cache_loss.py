@@ -22,7 +22,7 @@ from transformers import DynamicCache
 from ..cache.positions import find_rotary_embedding
 from ..cache.states import KVStates, split_batch_cache
 from ..formatting import pad_right, pad_token_id
-from ..rag.compose import compose
+from ..rag.compose import continuation_logits
 from ..rag.decoding import Generator
 from ..rag.prompts import DocumentSlot, QuerySlot, RAGPrompts
 from ..rag.segments import CachedSegment, Part, resolve_segments, special_prefix
@@ -135,20 +135,19 @@ def cache_loss(
     all_states = prompter.states(examples, states_fn)
     total, count = torch.zeros((), device=device), 0
     for example, states in zip(examples, all_states):
-        targets = _targets(example, eos_id)
-        answer = Part(example.answer_ids) if example.answer_ids else None
-        parts = prompter.parts(example, states) + ([answer] if answer else [])
-        logits = compose(forward, parts, DynamicCache(), rotary_emb, device, logits_to_keep=len(targets)).logits
-        logits = logits[-len(targets) :].float()
-        target_ids = torch.tensor(targets, device=device)
+        parts = prompter.parts(example, states)
+        logits = continuation_logits(forward, parts, example.answer_ids, rotary_emb, device).float()
+        if eos_id is None:  # no end token to learn: only the answer's own tokens
+            logits = logits[:-1]
+        targets = torch.tensor(_targets(example, eos_id), device=device)
         if example.from_teacher and teacher_loss == "kl":
             with torch.no_grad():
                 plain = [part.as_text() if part.states is not None else part for part in parts]
-                teacher = compose(forward, plain, DynamicCache(), None, device, logits_to_keep=len(targets)).logits
-                teacher = teacher[-len(targets) :].float().log_softmax(-1)
+                teacher = continuation_logits(forward, plain, example.answer_ids, None, device).float()
+                teacher = teacher[: len(logits)].log_softmax(-1)
             total = total + F.kl_div(logits.log_softmax(-1), teacher, log_target=True, reduction="sum")
         else:
-            total = total + F.cross_entropy(logits, target_ids, reduction="sum")
+            total = total + F.cross_entropy(logits, targets, reduction="sum")
         count += len(targets)
     return total / max(count, 1)
 
