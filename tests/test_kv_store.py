@@ -13,6 +13,7 @@ import torch
 from safetensors import safe_open
 
 from grit_hf.cache import (
+    CacheEntryError,
     DiskKVStore,
     Fingerprint,
     FingerprintMismatchError,
@@ -219,5 +220,5 @@ def test_disk_store_rejects_a_file_of_another_id(tmp_path):
     store = DiskKVStore(tmp_path, fingerprint=FINGERPRINT)
     store.put("a", _states())
     store.path_for("a").rename(store.path_for("b"))
-    with pytest.raises(ValueError, match="not a grit_hf KV entry"):
+    with pytest.raises(CacheEntryError, match="of 'b' names another document, 'a'"):
         store.get("b")

@@ -5,6 +5,7 @@ position (positions.py) and the caches a prompt is decoded from (buffers.py)."""
 from __future__ import annotations
 
 from .disk import DiskKVStore
+from .entries import CacheEntryError
 from .fingerprint import Fingerprint, FingerprintMismatchError, compute_fingerprint
 from .positions import find_rotary_embedding, rotate_keys, shift_layers, verify_rerotation
 from .states import KVStates, cache_from_layers, split_batch_cache
@@ -17,6 +18,7 @@ __all__ = [
     "KVStore",
     "MemoryKVStore",
     "DiskKVStore",
+    "CacheEntryError",
     "Fingerprint",
     "FingerprintMismatchError",
     "compute_fingerprint",

@@ -1,23 +1,28 @@
 """`DiskKVStore`: key/value states as one safetensors file per document (never pickle).
 
 Disk entries are written to a temporary file and moved into place with `os.replace`, so a crash never leaves a
-half-written entry under a document's name, and read lazily: `safe_open` memory-maps the file and the fingerprint is
-checked before any tensor is touched.
+half-written entry under a document's name. Every entry carries a CRC-32 of each tensor; a read checks the metadata,
+the fingerprint (before any tensor is touched), the checksums (once per file and process) and the entry's structure
+against the model, and fails with `CacheEntryError` naming the entry, never later inside torch. Only regular files are
+read, so a FIFO or device under an entry's name cannot block a read; listing skips damaged files with a warning.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers.utils import logging
 
-from .fingerprint import Fingerprint
+from .entries import CacheEntryError, check_states, checksum
+from .fingerprint import Fingerprint, FingerprintMismatchError
 from .states import KVStates, cache_from_layers
 from .store import KVStore, MemoryKVStore, _check_states
 
@@ -25,22 +30,24 @@ logger = logging.get_logger(__name__)
 
 __all__ = ["DiskKVStore", "FORMAT_VERSION"]
 
-FORMAT_VERSION = "grit_hf.kv/1"
+FORMAT_VERSION = "grit_hf.kv/2"
+READABLE_FORMATS = ("grit_hf.kv/1", FORMAT_VERSION)  # version 1 has no checksums
 
 
 class DiskKVStore(KVStore):
     """States kept as one safetensors file per document in `directory`, optionally fronted by an in-memory LRU.
 
     Files are named by the sha256 of the document id and hold `input_ids`, `layers.{i}.keys`, `layers.{i}.values`
-    plus metadata (format version, document id, attention mode, fingerprint). Writes go to a temporary file in the
-    same folder, are fsynced, and replace the entry atomically. Reads memory-map the file (`safe_open`): tensors are
-    paged in only when used.
+    plus metadata (format version, document id, attention mode, fingerprint, checksums). Writes go to a temporary
+    file in the same folder, are fsynced, and replace the entry atomically; a failed write (e.g. a full disk) raises
+    `OSError` and leaves the old entry. Reads memory-map the file (`safe_open`).
 
     Args:
-        directory: the folder (created if missing).
+        directory: the folder (created if missing; not `""`).
         memory_bytes: byte budget of an in-memory LRU in front of the disk (0: none).
         fingerprint: the setup entries belong to (GritRAG binds it).
         device: device the loaded states are put on (`"cpu"` keeps them memory-mapped).
+        verify: check every file's checksums the first time this process reads it (one pass over its bytes).
     """
 
     def __init__(
@@ -49,14 +56,19 @@ class DiskKVStore(KVStore):
         memory_bytes: int = 0,
         fingerprint: Fingerprint | None = None,
         device: str | torch.device = "cpu",
+        verify: bool = True,
     ):
         super().__init__(fingerprint)
         if not isinstance(directory, (str, os.PathLike)):
             raise TypeError(f"`directory` must be a path, got {type(directory).__name__}.")
+        if not str(directory).strip():
+            raise ValueError("`directory` must name a folder for the store, got an empty path.")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.device = torch.device(device)
+        self.verify = verify
         self._memory = MemoryKVStore(max_bytes=memory_bytes, fingerprint=fingerprint) if memory_bytes else None
+        self._verified: dict[Path, tuple[int, int, int]] = {}
 
     def bind(self, fingerprint: Fingerprint) -> None:
         super().bind(fingerprint)
@@ -67,6 +79,7 @@ class DiskKVStore(KVStore):
         """The file of `doc_id` (whether or not it exists)."""
         return self.directory / f"{hashlib.sha256(doc_id.encode()).hexdigest()[:40]}.safetensors"
 
+    # -- writing -----------------------------------------------------------------------------------------------------
     def put(self, doc_id: str, states: KVStates) -> None:
         fingerprint = _check_states(doc_id, states, self.fingerprint)
         tensors = {"input_ids": states.input_ids.detach().to("cpu", torch.long).contiguous()}
@@ -79,77 +92,139 @@ class DiskKVStore(KVStore):
             "is_causal": "true" if states.is_causal else "false",
             "num_layers": str(len(states.cache.layers)),
             "fingerprint": fingerprint.to_json(),
+            "checksums": json.dumps({name: checksum(tensor) for name, tensor in tensors.items()}, sort_keys=True),
         }
         target = self.path_for(doc_id)
         handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=self.directory)
         os.close(handle)
         try:
-            save_file(tensors, temporary, metadata=metadata)
-            with open(temporary, "rb") as written:
-                os.fsync(written.fileno())
+            try:
+                save_file(tensors, temporary, metadata=metadata)
+                with open(temporary, "rb") as written:
+                    os.fsync(written.fileno())
+            except SafetensorError as error:  # how safetensors reports I/O failures, e.g. a full disk
+                raise OSError(f"Could not write the states of {doc_id!r} to {self.directory}: {error}") from error
             with self._lock:
                 os.replace(temporary, target)
+                self._verified.pop(target, None)
                 if self._memory is not None:
                     self._memory.put(doc_id, states)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
 
-    def _read_metadata(self, path: Path) -> dict[str, str]:
-        with safe_open(str(path), framework="pt") as handle:
-            return handle.metadata() or {}
+    # -- reading -----------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _regular_file(path: Path) -> os.stat_result | None:
+        """`lstat` of `path` if it is a regular file; `None` if it does not exist; `CacheEntryError` otherwise (a
+        FIFO, device, folder or symlink is never opened: reading it could block or leave the store)."""
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            raise CacheEntryError(f"{path} is not a regular file; it is not a grit_hf KV entry.")
+        return info
+
+    def _metadata(self, path: Path, handle) -> dict[str, str]:
+        metadata = handle.metadata() or {}
+        missing = [
+            key for key in ("format", "doc_id", "is_causal", "num_layers", "fingerprint") if key not in metadata
+        ]
+        if missing or metadata["format"] not in READABLE_FORMATS:
+            raise CacheEntryError(f"{path} is not a grit_hf KV entry (metadata {metadata!r:.200}).")
+        return metadata
 
     def get(self, doc_id: str) -> KVStates | None:
+        """The states of `doc_id`, or `None` if absent. Raises `FingerprintMismatchError` for an entry of another
+        setup and `CacheEntryError` for a damaged or malformed one."""
         if self._memory is not None:
             cached = self._memory.get(doc_id)
             if cached is not None:
                 return cached
         path = self.path_for(doc_id)
-        try:
-            handle = safe_open(str(path), framework="pt", device=str(self.device))
-        except FileNotFoundError:
+        info = self._regular_file(path)
+        if info is None:
             return None
-        with handle:
-            metadata = handle.metadata() or {}
-            if metadata.get("format") != FORMAT_VERSION or metadata.get("doc_id") != doc_id:
-                raise ValueError(f"{path} is not a grit_hf KV entry for {doc_id!r} (metadata: {metadata!r:.200}).")
-            self._refuse(doc_id, Fingerprint.from_json(metadata["fingerprint"]))
-            num_layers = int(metadata["num_layers"])
-            layers = [
-                (handle.get_tensor(f"layers.{i}.keys"), handle.get_tensor(f"layers.{i}.values"))
-                for i in range(num_layers)
-            ]
-            input_ids = handle.get_tensor("input_ids")
-        states = KVStates(input_ids, cache_from_layers(layers), metadata["is_causal"] == "true")
+        where = f"The cache entry {path.name} of {doc_id!r}"
+        try:
+            with safe_open(str(path), framework="pt", device=str(self.device)) as handle:
+                metadata = self._metadata(path, handle)
+                if metadata["doc_id"] != doc_id:
+                    raise CacheEntryError(f"{where} names another document, {metadata['doc_id']!r}.")
+                self._refuse(doc_id, Fingerprint.from_json(metadata["fingerprint"]))
+                num_layers = int(metadata["num_layers"])
+                if num_layers < 1:
+                    raise CacheEntryError(f"{where} declares {num_layers} layers.")
+                names = ["input_ids"] + [
+                    f"layers.{i}.{kind}" for i in range(num_layers) for kind in ("keys", "values")
+                ]
+                tensors = {name: handle.get_tensor(name) for name in names}
+        except (CacheEntryError, FingerprintMismatchError, FileNotFoundError):
+            raise
+        except Exception as error:  # SafetensorError, JSON errors, missing tensors: a damaged file
+            raise CacheEntryError(f"{where} is damaged or malformed: {error}") from error
+        if metadata["format"] != READABLE_FORMATS[0] and self.verify:
+            self._verify_checksums(path, info, where, metadata, tensors)
+        layers = [(tensors[f"layers.{i}.keys"], tensors[f"layers.{i}.values"]) for i in range(num_layers)]
+        states = KVStates(tensors["input_ids"], cache_from_layers(layers), metadata["is_causal"] == "true")
+        if states.is_causal != (self.fingerprint is None or self.fingerprint.attention == "causal"):
+            raise CacheEntryError(f"{where} holds states of another attention than its fingerprint says.")
+        if self.fingerprint is not None:
+            check_states(where, states, self.fingerprint.layout, self.fingerprint.dtype)
         if self._memory is not None:
             self._memory.put(doc_id, states)
         return states
+
+    def _verify_checksums(self, path: Path, info: os.stat_result, where: str, metadata: dict, tensors: dict) -> None:
+        identity = (info.st_ino, info.st_mtime_ns, info.st_size)
+        if self._verified.get(path) == identity:
+            return
+        try:
+            expected = json.loads(metadata["checksums"])
+        except (KeyError, ValueError) as error:
+            raise CacheEntryError(f"{where} has no readable checksums: {error}") from None
+        if not isinstance(expected, dict) or set(expected) != set(tensors):
+            raise CacheEntryError(f"{where} has checksums for other tensors than it holds.")
+        damaged = [name for name, tensor in tensors.items() if checksum(tensor.cpu()) != expected[name]]
+        if damaged:
+            raise CacheEntryError(f"{where} is damaged: the checksums of {damaged[:3]} do not match.")
+        self._verified[path] = identity
 
     def delete(self, doc_id: str) -> bool:
         with self._lock:
             if self._memory is not None:
                 self._memory.delete(doc_id)
+            path = self.path_for(doc_id)
+            self._verified.pop(path, None)
             try:
-                self.path_for(doc_id).unlink()
+                path.unlink()
                 return True
             except FileNotFoundError:
                 return False
 
     def keys(self) -> list[str]:
+        """The ids of the readable entries; a damaged or foreign file is skipped with a warning."""
         ids = []
         for path in sorted(self.directory.glob("*.safetensors")):
             if path.name.startswith(".tmp-"):
                 continue
             try:
-                doc_id = self._read_metadata(path).get("doc_id")
-            except (OSError, ValueError, RuntimeError):  # a foreign or damaged file is not an entry
-                continue
-            if doc_id is not None:
-                ids.append(doc_id)
+                if self._regular_file(path) is None:
+                    continue
+                with safe_open(str(path), framework="pt") as handle:
+                    ids.append(self._metadata(path, handle)["doc_id"])
+            except Exception as error:  # one bad file must not hide the others
+                logger.warning(f"Skipping {path.name} in the KV store {self.directory}: {error}")
         return ids
 
     def __contains__(self, doc_id: object) -> bool:
-        return isinstance(doc_id, str) and self.path_for(doc_id).is_file()
+        if not isinstance(doc_id, str):
+            return False
+        try:
+            return self._regular_file(self.path_for(doc_id)) is not None
+        except CacheEntryError:
+            return False
 
     def cleanup(self) -> int:
         """Remove temporary files left by writes that crashed; return how many were removed."""

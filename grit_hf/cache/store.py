@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 from transformers.utils import logging
 
+from .entries import check_states
 from .fingerprint import Fingerprint, FingerprintMismatchError
 from .states import KVStates
 
@@ -23,6 +24,8 @@ __all__ = ["KVStore", "MemoryKVStore"]
 
 
 def _check_states(doc_id: str, states: KVStates, fingerprint: Fingerprint | None) -> Fingerprint:
+    """The store's fingerprint, after checking that `states` may be stored under it (`CacheEntryError` if they do
+    not fit the model, e.g. wrong shapes or NaNs)."""
     if not isinstance(doc_id, str) or not doc_id:
         raise TypeError(f"`doc_id` must be a non-empty str, got {doc_id!r}.")
     if not isinstance(states, KVStates):
@@ -34,6 +37,7 @@ def _check_states(doc_id: str, states: KVStates, fingerprint: Fingerprint | None
         raise ValueError(
             f"States for {doc_id!r} were computed with {mode} attention, the store expects {fingerprint.attention}."
         )
+    check_states(f"The states of {doc_id!r}", states, fingerprint.layout, fingerprint.dtype)
     return fingerprint
 
 

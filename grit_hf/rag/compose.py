@@ -29,7 +29,8 @@ class Composition:
 
     Attributes:
         cache: the cache holding every position of the prompt.
-        logits: the logits of the last text run (`logits_to_keep` positions), or `None` if the prompt ended cached.
+        logits: the logits `[batch, logits_to_keep, vocab]` of the last text run, or `None` if the prompt ended
+            cached.
         position: the number of positions in the cache (the next token's position).
         cache_read: positions taken from cached states instead of being computed.
     """
@@ -47,7 +48,14 @@ def close_with_text(parts: list[Part]) -> list[Part]:
         return parts
     last = parts[-1]
     head = [] if last.num_tokens <= 1 else [Part(last.ids, last.states, last.start, last.stop - 1)]
-    return [*parts[:-1], *head, Part(last.ids[last.stop - 1 : last.stop])]
+    return [*parts[:-1], *head, Part(last.token_slice(last.stop - 1, last.stop))]
+
+
+def _as_rows(ids: list[int] | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Token ids as a `[batch, n]` tensor (a list is one row)."""
+    if isinstance(ids, torch.Tensor):
+        return ids.to(device=device, dtype=torch.long)
+    return torch.tensor([ids], dtype=torch.long, device=device)
 
 
 def compose(
@@ -63,7 +71,8 @@ def compose(
     Args:
         forward: the causal LM forward (`model` or `model.forward`), called with `input_ids`, `position_ids`, `cache`,
             `use_cache=True` and `logits_to_keep`.
-        parts: the prompt (see `grit_hf.rag.segments.resolve_segments`); consecutive text parts run in one pass.
+        parts: the prompt (see `grit_hf.rag.segments.resolve_segments`); consecutive text parts run in one pass. A
+            batch of prompts of the same shape is composed at once from batched parts (`Part.ids` as tensors).
         cache: an empty cache (e.g. `grit_hf.cache.buffers.new_cache(...)` or a `DynamicCache`).
         rotary_emb: the model's rotary embedding (`find_rotary_embedding`); needed only if a part is cached.
         device: where the states and inputs go.
@@ -73,16 +82,17 @@ def compose(
     position, cache_read, pending, logits = 0, 0, [], None
     for index, part in enumerate(parts):
         if part.states is None:
-            pending.extend(part.ids)
+            pending.append(_as_rows(part.ids, device))
             if index + 1 < len(parts) and parts[index + 1].states is None:
                 continue
-            input_ids = torch.tensor([pending], dtype=torch.long, device=device)
-            positions = torch.arange(position, position + len(pending), device=device).unsqueeze(0)
+            input_ids = torch.cat(pending, dim=1)
+            length = input_ids.shape[1]
+            positions = torch.arange(position, position + length, device=device).expand(input_ids.shape[0], -1)
             outputs = forward(
                 input_ids=input_ids, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=logits_to_keep
             )
-            logits = outputs.logits[0]
-            position += len(pending)
+            logits = outputs.logits
+            position += length
             pending = []
         else:
             stop = part.stop
@@ -98,13 +108,15 @@ def compose(
 def continuation_logits(
     forward: Callable,
     parts: list[Part],
-    continuation: list[int],
+    continuation: list[int] | torch.Tensor,
     rotary_emb: nn.Module | None,
     device: torch.device,
 ) -> torch.Tensor:
-    """The logits `[len(continuation) + 1, vocab]` that predict each token of `continuation` after the prompt `parts`,
-    and the token after it (teacher forcing, e.g. an answer and its end token). Used by the cache loss (with
-    gradients) and by the caching-fidelity evaluation."""
-    parts = [*close_with_text(parts), Part(list(continuation))] if continuation else close_with_text(parts)
-    composition = compose(forward, parts, DynamicCache(), rotary_emb, device, logits_to_keep=len(continuation) + 1)
-    return composition.logits[-(len(continuation) + 1) :]
+    """The logits `[batch, n + 1, vocab]` that predict each of the `n` tokens of `continuation` after the prompt
+    `parts`, and the token after it (teacher forcing, e.g. an answer and its end token); `continuation` is a list of
+    ids, or `[batch, n]` ids for batched parts. Used by the cache loss (with gradients) and by the caching-fidelity
+    evaluation."""
+    n = continuation.shape[-1] if isinstance(continuation, torch.Tensor) else len(continuation)
+    parts = [*close_with_text(parts), Part(continuation)] if n else close_with_text(parts)
+    composition = compose(forward, parts, DynamicCache(), rotary_emb, device, logits_to_keep=n + 1)
+    return composition.logits[:, -(n + 1) :]

@@ -244,7 +244,7 @@ class Generator:
                 self._release_cache(cache)
                 raise
         result.prompt_tokens, result.cache_read_tokens = composition.position, composition.cache_read
-        tokens = self._tokens(composition.cache, composition.logits[-1], composition.position, options, result)
+        tokens = self._tokens(composition.cache, composition.logits[0, -1], composition.position, options, result)
         return GenerationStream(self._text(tokens, options.stop, result), result)
 
     def generate(

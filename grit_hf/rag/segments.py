@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..cache.states import KVStates
@@ -36,28 +37,34 @@ class Part:
     """A resolved segment: the token ids of a piece of prompt, and the states computed for them if it is cached.
 
     Attributes:
-        ids: token ids (for a cached part, the ids its states were computed from).
+        ids: token ids (for a cached part, the ids its states were computed from); a `[batch, n]` tensor for a
+            batch of prompts of the same shape (the cache loss batches such prompts; states then hold the batch).
         states: the cached states, or `None` for text to run.
         start: leading positions of `ids`/`states` left out (a BOS that only belongs at the start of a prompt).
         end: positions used up to here (exclusive); `None` for all.
     """
 
-    ids: list[int]
+    ids: list[int] | torch.Tensor
     states: KVStates | None = None
     start: int = 0
     end: int | None = None
 
     @property
     def stop(self) -> int:
-        return len(self.ids) if self.end is None else self.end
+        length = self.ids.shape[-1] if isinstance(self.ids, torch.Tensor) else len(self.ids)
+        return length if self.end is None else self.end
 
     @property
     def num_tokens(self) -> int:
         return self.stop - self.start
 
+    def token_slice(self, start: int, stop: int) -> list[int] | torch.Tensor:
+        """`ids[start:stop]` along the sequence (for batched parts too)."""
+        return self.ids[..., start:stop] if isinstance(self.ids, torch.Tensor) else self.ids[start:stop]
+
     def as_text(self) -> Part:
         """The same tokens, to be run instead of read from the cache."""
-        return Part(self.ids[self.start : self.stop])
+        return Part(self.token_slice(self.start, self.stop))
 
 
 def special_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:

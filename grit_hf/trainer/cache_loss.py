@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from transformers import DynamicCache
 
 from ..cache.positions import find_rotary_embedding
-from ..cache.states import KVStates, split_batch_cache
+from ..cache.states import KVStates, cache_from_layers, split_batch_cache
 from ..formatting import pad_right, pad_token_id
 from ..rag.compose import continuation_logits
 from ..rag.decoding import Generator
@@ -107,8 +107,31 @@ class CachePrompter:
         return result
 
 
-def _targets(example: CacheExample, eos_id: int | None) -> list[int]:
-    return example.answer_ids + ([eos_id] if eos_id is not None else [])
+def _signature(example: CacheExample, parts: list[Part]) -> tuple:
+    """Prompts with equal signatures have the same shape and are composed as one batch."""
+    return (example.from_teacher, len(example.answer_ids), *((p.states is None, p.start, p.stop) for p in parts))
+
+
+def _stack(prompts: list[list[Part]]) -> list[Part]:
+    """One batched prompt (`Part.ids` as `[batch, n]` tensors, states concatenated along the batch) from prompts of
+    the same shape."""
+    stacked = []
+    for column in zip(*prompts):
+        first = column[0]
+        ids = torch.tensor([list(part.ids) for part in column], dtype=torch.long)
+        if first.states is None:
+            stacked.append(Part(ids))
+            continue
+        layers = [
+            (
+                torch.cat([part.states.layers()[i][0] for part in column]),
+                torch.cat([part.states.layers()[i][1] for part in column]),
+            )
+            for i in range(len(first.states.layers()))
+        ]
+        states = KVStates(ids, cache_from_layers(layers), first.states.is_causal)
+        stacked.append(Part(ids, states, first.start, first.end))
+    return stacked
 
 
 def cache_loss(
@@ -119,7 +142,8 @@ def cache_loss(
     rotary_emb: torch.nn.Module,
     teacher_loss: str = "ce",
 ) -> torch.Tensor:
-    """The mean next-token loss over the answer tokens of `examples`, generated from cached states.
+    """The mean next-token loss over the answer tokens (and end tokens) of `examples`, generated from cached states.
+    Examples whose prompts have the same shape are composed as one batch.
 
     Args:
         forward: the causal LM forward (the possibly wrapped model).
@@ -132,23 +156,27 @@ def cache_loss(
     """
     eos_id = prompter.tokenizer.eos_token_id
     device = prompter.model.device
-    all_states = prompter.states(examples, states_fn)
-    total, count = torch.zeros((), device=device), 0
-    for example, states in zip(examples, all_states):
+    groups: dict[tuple, list[tuple[CacheExample, list[Part]]]] = {}
+    for example, states in zip(examples, prompter.states(examples, states_fn)):
         parts = prompter.parts(example, states)
-        logits = continuation_logits(forward, parts, example.answer_ids, rotary_emb, device).float()
-        if eos_id is None:  # no end token to learn: only the answer's own tokens
-            logits = logits[:-1]
-        targets = torch.tensor(_targets(example, eos_id), device=device)
-        if example.from_teacher and teacher_loss == "kl":
+        groups.setdefault(_signature(example, parts), []).append((example, parts))
+    total, count = torch.zeros((), device=device), 0
+    for members in groups.values():
+        group = [example for example, _ in members]
+        parts = _stack([example_parts for _, example_parts in members])
+        answers = torch.tensor([example.answer_ids for example in group], dtype=torch.long).reshape(len(group), -1)
+        logits = continuation_logits(forward, parts, answers, rotary_emb, device).float()
+        targets = answers if eos_id is None else torch.cat([answers, torch.full((len(group), 1), eos_id)], dim=1)
+        logits = logits[:, : targets.shape[1]]  # without an end token, the prediction after the answer is not used
+        if group[0].from_teacher and teacher_loss == "kl":
             with torch.no_grad():
                 plain = [part.as_text() if part.states is not None else part for part in parts]
-                teacher = continuation_logits(forward, plain, example.answer_ids, None, device).float()
-                teacher = teacher[: len(logits)].log_softmax(-1)
+                teacher = continuation_logits(forward, plain, answers, None, device).float()
+                teacher = teacher[:, : targets.shape[1]].log_softmax(-1)
             total = total + F.kl_div(logits.log_softmax(-1), teacher, log_target=True, reduction="sum")
         else:
-            total = total + F.cross_entropy(logits, targets, reduction="sum")
-        count += len(targets)
+            total = total + F.cross_entropy(logits.flatten(0, 1), targets.to(device).flatten(), reduction="sum")
+        count += targets.numel()
     return total / max(count, 1)
 
 

@@ -99,7 +99,7 @@ def test_causal_embedding_states_make_the_cache_loss_the_plain_loss(tiny_grit, m
         plain = [part.as_text() if part.states is not None else part for part in prompter.parts(example)]
         from grit_hf.rag.compose import continuation_logits
 
-        logits = continuation_logits(model, plain, example.answer_ids, None, model.device)
+        logits = continuation_logits(model, plain, example.answer_ids, None, model.device)[0]
         targets = torch.tensor(example.answer_ids + [model.tokenizer.eos_token_id])
     assert abs(float(kl)) < 1e-5
     torch.testing.assert_close(ce, F.cross_entropy(logits.float(), targets), rtol=1e-4, atol=1e-4)
