@@ -220,10 +220,14 @@ class CacheStream:
         max_length: tokens per document or query part.
         max_answer_tokens: tokens of teacher answers, and at most of gold answers.
         teacher_loss: `"ce"` or `"kl"` for teacher answers.
+        prompts: the RAG prompt formats (default: `RAGPrompts.for_model(model)`).
     """
 
-    def __init__(self, model, dataset, sampler, modes, max_length: int, max_answer_tokens: int, teacher_loss: str):
-        self.prompter = CachePrompter(model, max_length=max_length)
+    def __init__(
+        self, model, dataset, sampler, modes, max_length: int, max_answer_tokens: int, teacher_loss: str,
+        prompts: RAGPrompts | None = None,
+    ):  # fmt: skip
+        self.prompter = CachePrompter(model, prompts=prompts, max_length=max_length)
         self.dataset, self.sampler, self.modes = dataset, sampler, list(modes)
         self.max_answer_tokens, self.teacher_loss = max_answer_tokens, teacher_loss
         self.rotary_emb = find_rotary_embedding(model)

@@ -62,6 +62,9 @@ class GRITConfig(SFTConfig):
             on that answer) or `"kl"` (KL divergence from the plain-RAG next-token distributions along it).
         cache_answer_max_tokens (`int`, *optional*, defaults to `64`):
             Tokens of the teacher's answers, and at most of gold answers.
+        cache_prompts (`dict`, *optional*):
+            `RAGPrompts` fields to override in the cache loss's prompts (e.g. a shorter `doc_cached` suffix); give the
+            same `RAGPrompts` to `GritRAG` at inference.
 
         > Parameters that control the data
 
@@ -132,6 +135,9 @@ class GRITConfig(SFTConfig):
         metadata={"help": "Loss on teacher answers.", "choices": list(CACHE_TEACHER_LOSSES)},
     )
     cache_answer_max_tokens: int = field(default=64, metadata={"help": "Tokens of teacher answers (and gold ones)."})
+    cache_prompts: dict[str, str] | None = field(
+        default=None, metadata={"help": "RAGPrompts fields overridden in the cache loss's prompts."}
+    )
     cache_dataset: str | None = field(
         default=None, metadata={"help": "RAG examples for the cache loss: file, folder, saved dataset or name."}
     )

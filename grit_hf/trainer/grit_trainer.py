@@ -16,6 +16,7 @@ from trl import SFTTrainer
 
 from ..checkpoint.saving import save_grit_checkpoint
 from ..modeling_gritlm import GritLMForCausalLM, GritLMPreTrainedModel
+from ..rag.prompts import RAGPrompts
 from .cache_data import load_cache_dataset
 from .cache_loss import CacheStream
 from .collators import EmbeddingBatchSampler, EmbeddingCollator, StepIndexCollator
@@ -207,9 +208,10 @@ class GRITTrainer(SFTTrainer):
         sampler = EmbeddingBatchSampler(
             dataset["source"], args.cache_batch_size * self.accelerator.num_processes, args.seed
         )
+        prompts = RAGPrompts.for_model(grit_model, **(args.cache_prompts or {}))
         return CacheStream(
             grit_model, dataset, sampler, args.cache_modes, args.passage_max_length, args.cache_answer_max_tokens,
-            args.cache_teacher_loss,
+            args.cache_teacher_loss, prompts,
         )  # fmt: skip
 
     @staticmethod
