@@ -41,6 +41,7 @@ import torch
 from transformers.utils import logging
 
 from ..cache.buffers import DecodeCache
+from ..cache.disk import DiskKVStore
 from ..cache.fingerprint import compute_fingerprint
 from ..cache.positions import verify_rerotation
 from ..cache.states import KVStates
@@ -83,6 +84,9 @@ class GritRAG:
         batch_size: texts per embedding forward pass.
         decode_cache, compile: the decode cache of the generation engine (`grit_hf.rag.decoding.Generator`).
         verify_positions: check once that re-rotating keys matches the model (`verify_rerotation`).
+        weights_hash: how the fingerprint covers the weights (`compute_fingerprint`): `"full"` (every byte) or
+            `"sample"`. Default: `"full"` for a `DiskKVStore` (entries outlive the process; the model may change in
+            between), `"sample"` for memory stores.
 
     Example:
 
@@ -107,6 +111,7 @@ class GritRAG:
         decode_cache: DecodeCache = "preallocated",
         compile: bool = False,
         verify_positions: bool = True,
+        weights_hash: Literal["full", "sample"] | None = None,
     ):
         if not hasattr(model, "encode") or not hasattr(model, "tokenizer"):
             raise TypeError(f"`model` must be a GritLMForCausalLM, got {type(model).__name__}.")
@@ -133,7 +138,9 @@ class GritRAG:
         if verify_positions:
             with self.lock:
                 verify_rerotation(model)
-        self.fingerprint = compute_fingerprint(model, is_causal=self.causal_cache)
+        if weights_hash is None:
+            weights_hash = "full" if isinstance(store, DiskKVStore) else "sample"
+        self.fingerprint = compute_fingerprint(model, is_causal=self.causal_cache, weights_hash=weights_hash)
         self.store = store if store is not None else MemoryKVStore()
         self.store.bind(self.fingerprint)
         self._ids: list[str] = []
@@ -403,8 +410,10 @@ class GritRAG:
         """Answer a prompt (rendered text, or chat messages rendered with the chat template), splicing in the cached
         states of every indexed document found in it verbatim (`split_prompt`); `doc_ids` of the result lists them.
         `options` as for `generate_from_segments`."""
-        prompt = prompt if isinstance(prompt, str) else self.render_chat(prompt)
-        segments = self.split_prompt(prompt) if reuse_cache else [check_text(prompt, "prompt")]
+        prompt = check_text(prompt, "prompt") if isinstance(prompt, str) else self.render_chat(prompt)
+        if not prompt:
+            raise ValueError("`prompt` is empty: there is nothing to continue.")
+        segments = self.split_prompt(prompt) if reuse_cache else [prompt]
         doc_ids = list(dict.fromkeys(s.doc_id for s in segments if isinstance(s, CachedSegment)))
         return self.generate_from_segments(segments, stream, result=GenerationResult(doc_ids=doc_ids), **options)
 

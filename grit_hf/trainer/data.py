@@ -13,12 +13,13 @@ Generative examples, any of:
 Chat examples are rendered with the tokenizer's chat template (else the checkpoint's) and trained on the assistant
 turns only (their end-of-turn tokens included).
 
-A source is a `.jsonl`/`.json` file, a folder of them (or a retrieval folder, or a folder saved with
+A source is a `.jsonl`/`.jsonl.gz`/`.json` file, a folder of them (or a retrieval folder, or a folder saved with
 `Dataset.save_to_disk`), a `datasets.Dataset`, or a dataset name for `datasets.load_dataset`.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -45,12 +46,20 @@ __all__ = [
 EMBEDDING_COLUMNS = ("query_instruction", "query", "pos", "pos_instructions", "neg", "neg_instructions", "source")
 
 
+DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".json")
+
+
+def _is_data_file(path: Path) -> bool:
+    return path.name.endswith(DATA_SUFFIXES)
+
+
 def _is_saved_dataset(path: Path) -> bool:
     return path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file())
 
 
 def _read_json_lines(path: Path) -> Iterator[tuple[str, dict]]:
-    """Yield `(where, record)` for each record of a `.jsonl` file (or a `.json` list), `where` = "file:line"."""
+    """Yield `(where, record)` for each record of a `.jsonl`/`.jsonl.gz` file (or a `.json` list), `where` =
+    "file:line"."""
     if path.suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -61,7 +70,7 @@ def _read_json_lines(path: Path) -> Iterator[tuple[str, dict]]:
         for index, record in enumerate(data):
             yield f"{path}[{index}]", record
         return
-    with open(path, encoding="utf-8") as stream:
+    with gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8") as stream:
         for number, line in enumerate(stream, start=1):
             if not line.strip():
                 continue
@@ -91,19 +100,19 @@ def _iter_source(source: Any, split: str, kind: str) -> Iterator[tuple[str, dict
         )
     path = Path(source)
     if path.is_file():
-        if path.suffix not in (".jsonl", ".json"):
-            raise ValueError(f"Unsupported {kind} data file {str(path)!r}: expected .jsonl or .json.")
+        if not _is_data_file(path):
+            raise ValueError(f"Unsupported {kind} data file {str(path)!r}: expected .jsonl, .jsonl.gz or .json.")
         for where, record in _read_json_lines(path):
             yield where, record, path.stem
     elif _is_saved_dataset(path):
         yield from _iter_source(datasets.load_from_disk(str(path)), split, kind)
     elif path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".jsonl", ".json"))
+        files = sorted(p for p in path.iterdir() if p.is_file() and _is_data_file(p))
         if not files:
-            raise ValueError(f"The {kind} data folder {str(path)!r} has no .jsonl/.json files.")
+            raise ValueError(f"The {kind} data folder {str(path)!r} has no .jsonl/.jsonl.gz/.json files.")
         for file in files:
             yield from _iter_source(file, split, kind)
-    elif str(source).endswith((".jsonl", ".json")) or str(source).startswith((".", os.sep)):
+    elif str(source).endswith(DATA_SUFFIXES) or str(source).startswith((".", os.sep)):
         raise FileNotFoundError(f"The {kind} dataset {str(source)!r} does not exist.")
     else:
         yield from _iter_source(datasets.load_dataset(str(source), split=split), split, kind)
