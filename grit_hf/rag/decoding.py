@@ -44,7 +44,7 @@ class GenerationOptions:
     Attributes:
         max_new_tokens: the most tokens to generate.
         stop: stop strings; the text ends before the first one found.
-        temperature: 0 decodes greedily; above 0 samples.
+        temperature: 0 (or below `MIN_TEMPERATURE`) decodes greedily; above, samples.
         top_p: nucleus sampling threshold (with `temperature > 0`).
         seed: seed of the sampler (`None`: torch's global generator).
         ignore_eos: keep going after the end token (benchmarks).
@@ -129,8 +129,13 @@ class GenerationStream:
         return self.result
 
 
+MIN_TEMPERATURE = 1e-4
+"""Below this, sampling is greedy: the softmax of logits divided by such a temperature is one-hot to float
+precision, and dividing by a tiny one overflows to infinity."""
+
+
 def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
-    if temperature == 0:
+    if temperature < MIN_TEMPERATURE:
         return int(logits.argmax())
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     if top_p < 1:
