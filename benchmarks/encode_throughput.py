@@ -36,13 +36,15 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+from report import data_folder  # noqa: E402
 from transformers.utils import logging  # noqa: E402
 
 logger = logging.get_logger(__name__)
 
 __all__ = ["main"]
-DATA = Path(os.environ.get("GRIT_HF_DATA", "/work/shared/data")) / "manpages" / "eval"
+DATA = data_folder() / "manpages" / "eval"
 INSTRUCTION = (
     "Given a one-line summary from a Unix manual page, retrieve the manual page description that it summarizes"
 )

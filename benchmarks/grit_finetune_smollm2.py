@@ -43,14 +43,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import environment, write_report  # noqa: E402
+from report import data_folder, environment, write_report  # noqa: E402
 from transformers.utils import logging  # noqa: E402
 
 logger = logging.get_logger(__name__)
 
 __all__ = ["main"]
 
-DATA = Path(os.environ.get("GRIT_HF_DATA", "/work/shared/data"))
+DATA = data_folder()
 PROMPT = (
     "Here is the beginning of a Unix manual page:\n\n{doc}\n\n"
     "In two or three sentences, explain in plain words what it is for."

@@ -9,7 +9,7 @@ import os
 import platform
 from pathlib import Path
 
-__all__ = ["environment", "write_report"]
+__all__ = ["environment", "write_report", "data_folder"]
 
 
 def environment(*packages: str) -> dict:
@@ -38,3 +38,8 @@ def write_report(prefix: str | os.PathLike | None, report: dict, markdown: str) 
         Path(prefix).parent.mkdir(parents=True, exist_ok=True)
         Path(f"{prefix}.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
         Path(f"{prefix}.md").write_text(markdown)
+
+
+def data_folder() -> Path:
+    """The offline data (manpages/, lmtext/): `$GRIT_HF_DATA`, else `../shared/data` beside the repository."""
+    return Path(os.environ.get("GRIT_HF_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")

@@ -25,13 +25,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+from report import data_folder  # noqa: E402
 from transformers.utils import logging  # noqa: E402
 
 logger = logging.get_logger(__name__)
 
 __all__ = ["main"]
-DATA = Path(os.environ.get("GRIT_HF_DATA", "/work/shared/data")) / "manpages" / "eval"
+DATA = data_folder() / "manpages" / "eval"
 
 # nDCG@10 figures from data/README.md, for comparison.
 README_NDCG = {"bm25": 0.764, "minilm": 0.818, "grit-bidirectional": 0.304, "grit-causal": 0.186}

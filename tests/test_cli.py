@@ -60,11 +60,18 @@ def test_embed_to_npy_and_jsonl(grit_checkpoint, tmp_path):
     assert np.abs(np.array([r["embedding"] for r in rows]) - expected).max() <= 1e-6
 
 
-def test_generate_prints_the_greedy_answer(grit_checkpoint, capsys):
-    from grit_hf.generation import chat
+def test_generate_prints_the_stock_models_greedy_answer(stock_checkpoint, grit_checkpoint, capsys):
+    """Against the plain transformers model and `generate`, with the checkpoint's chat template."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
-    model = GritLMForCausalLM.from_pretrained(grit_checkpoint("llama"))
-    expected = chat(model, "Where is Paris?", max_new_tokens=8)
+    tokenizer = AutoTokenizer.from_pretrained(grit_checkpoint("llama"))
+    stock = LlamaForCausalLM.from_pretrained(stock_checkpoint("llama")).eval()
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Where is Paris?"}], tokenize=False, add_generation_prompt=True
+    )
+    inputs = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+    output = stock.generate(**inputs, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    expected = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
     assert (
         main(["generate", "Where is Paris?", "--model", str(grit_checkpoint("llama")), "--max-new-tokens", "8"]) == 0
     )

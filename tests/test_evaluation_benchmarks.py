@@ -11,7 +11,6 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = Path("/work/shared/data/manpages/eval")
 
 
 def _load(name: str):
@@ -32,8 +31,8 @@ def test_encode_flops_by_hand(grit_checkpoint):
     assert throughput.encode_flops(config, [10]) == expected
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="needs the man-page data")
-def test_encode_throughput_runs_on_a_tiny_model(grit_checkpoint, tmp_path, capsys):
+def test_encode_throughput_runs_on_a_tiny_model(grit_checkpoint, tmp_path, capsys, shared_data, monkeypatch):
+    monkeypatch.setenv("GRIT_HF_DATA", str(shared_data))
     throughput = _load("encode_throughput")
     argv = ["--model", str(grit_checkpoint("llama")), "--n-docs", "6", "--n-queries", "6", "--rounds", "1"]
     assert throughput.main([*argv, "--max-length", "160", "--output", str(tmp_path / "tp")]) == 0

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import datasets
 import pytest
 from transformers import AutoTokenizer
@@ -15,8 +13,6 @@ from grit_hf.trainer.data import (
 )
 
 from .helpers import write_jsonl
-
-MANPAGES_TRAIN = Path("/work/shared/data/manpages/train")
 
 
 def test_reference_embedding_format(tmp_path):
@@ -42,9 +38,8 @@ def test_reference_embedding_format(tmp_path):
     assert rows[1]["source"] == "other"
 
 
-@pytest.mark.skipif(not MANPAGES_TRAIN.is_dir(), reason="needs /work/shared/data/manpages")
-def test_retrieval_folder_manpages():
-    rows = load_embedding_dataset(MANPAGES_TRAIN)
+def test_retrieval_folder_manpages(shared_data):
+    rows = load_embedding_dataset(shared_data / "manpages" / "train")
     assert len(rows) == 6589
     assert rows[0]["query_instruction"].startswith("Given a one-line summary from a Unix manual page")
     assert rows[0]["pos_instructions"] == [""]  # documents get no instruction (task.json)

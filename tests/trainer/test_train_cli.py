@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,7 +80,6 @@ def test_example_accelerate_configs_are_valid(name):
     assert config.num_processes == 8 and config.mixed_precision == "bf16"
 
 
-@pytest.mark.skipif(shutil.which("trl") is None, reason="needs the trl CLI")
 def test_stock_trl_sft_fine_tunes_a_grit_checkpoint(tiny_grit, tmp_path):
     """`trl sft` (which never imports grit_hf) loads the checkpoint through its remote-code shim, fine-tunes it on
     chat data, and saves a grit-hf checkpoint again."""
@@ -94,7 +93,7 @@ def test_stock_trl_sft_fine_tunes_a_grit_checkpoint(tiny_grit, tmp_path):
     out = tmp_path / "sft"
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1", WANDB_DISABLED="true")
     command = [
-        shutil.which("trl"), "sft", "--model_name_or_path", str(tiny_grit), "--dataset_name", str(data),
+        sys.executable, "-c", "import sys; from trl.cli import main; sys.exit(main())", "sft", "--model_name_or_path", str(tiny_grit), "--dataset_name", str(data),
         "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "2", "--trust_remote_code",
         "--bf16", "false", "--use_cpu", "true", "--activation_checkpointing", "false", "--report_to", "none",
         "--save_strategy", "no", "--learning_rate", "1e-3",
