@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 MODES = ["none", "rag_query_doc", "rag_doc_query", "query", "doc", "query_doc", "doc_query"]
+CACHING = ("query", "doc", "query_doc", "doc_query")
 LABELS = {
     "none": "No RAG",
     "rag_query_doc": "RAG (query then doc)",
@@ -108,7 +109,7 @@ def sync(device: str) -> None:
 
 
 def time_mode(rag, query, doc_id, mode, query_states, new_tokens, device):
-    """`(seconds to the last token, seconds to the first token)` of one answer."""
+    """`(seconds to the last token, seconds to the first token, answer text)` of one answer."""
     segments = rag.build_segments(query, mode, [doc_id], query_states)
     sync(device)
     start = time.perf_counter()
@@ -121,7 +122,17 @@ def time_mode(rag, query, doc_id, mode, query_states, new_tokens, device):
     sync(device)
     total = time.perf_counter() - start
     assert stream.result.completion_tokens == new_tokens, stream.result
-    return total, first if first is not None else total
+    return total, first if first is not None else total, stream.result.text
+
+
+def fidelity(rag, query, doc_id, mode, query_states, new_tokens, cached_text) -> dict:
+    """Token F1 and exact match of a caching mode's answer against its plain-RAG counterpart: the same prompt with
+    every cached part re-read as text (for `doc`/`query`, exactly `rag_doc_query`/`rag_query_doc`)."""
+    from grit_hf.evaluation.metrics import exact_match, token_f1
+
+    segments = rag.build_segments(query, mode, [doc_id], query_states)
+    plain = rag.generate_from_segments(segments, reuse_cache=False, max_new_tokens=new_tokens, ignore_eos=True)
+    return {"token_f1": token_f1(cached_text, plain.text), "exact_match": exact_match(cached_text, plain.text)}
 
 
 def evict_from_page_cache(path: Path) -> None:
@@ -213,10 +224,14 @@ def run(args) -> dict:
                     "mode": mode,
                     "query_tokens": query_states.num_tokens,
                     "doc_tokens": doc_tokens,
-                    "median_s": statistics.median(t for t, _ in timings[mode]),
-                    "ttft_s": statistics.median(f for _, f in timings[mode]),
-                    "runs_s": [t for t, _ in timings[mode]],
+                    "median_s": statistics.median(t for t, _, _ in timings[mode]),
+                    "ttft_s": statistics.median(f for _, f, _ in timings[mode]),
+                    "runs_s": [t for t, _, _ in timings[mode]],
+                    "cache_attention": rag.cache_attention if mode in CACHING else None,
                 }
+                if mode in CACHING:
+                    answer = timings[mode][-1][2]
+                    row.update(fidelity(rag, query, doc_id, mode, states[mode], args.new_tokens, answer))
                 results["rows"].append(row)
                 print(
                     f"{sample} N={length:5d} {LABELS[mode]:22s} {row['median_s']:8.3f} s  ttft {row['ttft_s']:.3f} s",
@@ -275,8 +290,10 @@ def write_outputs(args, results: dict, started: str) -> None:
         f"- machine: {machine['platform']}, {machine['cpu_count']} CPUs, torch threads {machine['torch_threads']}, "
         f"load average at start {tuple(round(x, 2) for x in machine['load_average_at_start'])}",
         f"- versions: python {machine['python']}, torch {machine['torch']}, transformers {machine['transformers']}",
-        f"- setting: {args.new_tokens} new tokens, greedy, cache attention {args.cache_attention}, decode cache "
-        f"{args.decode_cache}, median of {args.runs} runs (seconds); TTFT = time to first token",
+        f"- setting: {args.new_tokens} new tokens, greedy, cache attention {args.cache_attention} (the states the "
+        f"caching modes reuse), decode cache {args.decode_cache}, median of {args.runs} runs (seconds); TTFT = time "
+        "to first token; each caching mode's answer is compared with its plain-RAG counterpart (the same prompt, "
+        "cached parts re-read as text): token F1 / exact match",
         "",
     ]
     for sample, title in (
@@ -286,8 +303,9 @@ def write_outputs(args, results: dict, started: str) -> None:
         lines += [
             f"## {title}",
             "",
-            "| mode | " + " | ".join(f"N={n}" for n in args.lengths) + f" | TTFT at N={max(args.lengths)} |",
-            "|---|" + "---|" * (len(args.lengths) + 1),
+            "| mode | " + " | ".join(f"N={n}" for n in args.lengths) + f" | TTFT at N={max(args.lengths)} | "
+            "answer vs plain RAG: token F1 / exact match (per N) |",
+            "|---|" + "---|" * (len(args.lengths) + 2),
         ]
         for mode in args.modes:
             cells = [
@@ -309,7 +327,15 @@ def write_outputs(args, results: dict, started: str) -> None:
                 ),
                 "-",
             )
-            lines.append(f"| {LABELS[mode]} | " + " | ".join(cells) + f" | {ttft} |")
+            agreement = [
+                f"{r['token_f1']:.2f} / {r['exact_match']:.0f}"
+                for n in args.lengths
+                for r in results["rows"]
+                if (r["sample"], r["n"], r["mode"]) == (sample, n, mode) and "token_f1" in r
+            ]
+            lines.append(
+                f"| {LABELS[mode]} | " + " | ".join(cells) + f" | {ttft} | " + (", ".join(agreement) or "-") + " |"
+            )
         lines.append("")
     top = max(args.lengths)
     lines += [f"## Ratios at N={top} (medians of this run)", ""]
@@ -367,7 +393,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--disk-runs", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
-    parser.add_argument("--cache-attention", default="bidirectional", choices=["bidirectional", "causal"])
+    parser.add_argument(
+        "--cache-attention", default=None, choices=["bidirectional", "causal"], help="default: the checkpoint's"
+    )
     parser.add_argument("--decode-cache", default="preallocated", choices=["preallocated", "dynamic", "static"])
     parser.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA, static cache)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

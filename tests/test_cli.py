@@ -90,3 +90,36 @@ def test_chat_rejects_bad_max_new_tokens(grit_checkpoint):
     model = GritLMForCausalLM.from_pretrained(grit_checkpoint("llama"))
     with pytest.raises(ValueError, match="`max_new_tokens`"):
         chat(model, "hi", max_new_tokens=0)
+
+
+def test_embed_reads_jsonl_input_and_names_a_bad_line(grit_checkpoint, tmp_path):
+    texts = ["first text", 'with "quotes"\nand a newline', "third"]
+    source = tmp_path / "texts.jsonl"
+    source.write_text("".join(json.dumps({"text": text, "id": i}) + "\n" for i, text in enumerate(texts)) + "\n")
+    out = tmp_path / "out.npy"
+    assert main(["embed", str(source), "-o", str(out), "--model", str(grit_checkpoint("llama")), "--no-progress"]) == 0
+    expected = GritLMForCausalLM.from_pretrained(grit_checkpoint("llama")).encode(texts)
+    assert np.abs(np.load(out) - expected).max() <= 1e-6
+    source.write_text(json.dumps({"text": "ok"}) + "\n" + json.dumps({"body": "no text"}) + "\n")
+    with pytest.raises(SystemExit, match=r"texts.jsonl:2: each line must be an object with a string 'text'"):
+        main(["embed", str(source), "-o", str(out), "--model", str(grit_checkpoint("llama"))])
+
+
+def test_convert_options_from_the_command_line(stock_checkpoint, tmp_path, capsys):
+    from grit_hf import GritLMConfig
+
+    out = tmp_path / "converted"
+    argv = ["convert", str(stock_checkpoint("llama")), str(out), "--query-template", "Q: {instruction} | "]
+    argv += ["--document-template", "D: ", "--pooling", "lasttoken", "--dtype", "bfloat16"]
+    assert main(argv) == 0
+    config = GritLMConfig.from_pretrained(out)
+    assert (config.query_template, config.document_template, config.pooling_method) == (
+        "Q: {instruction} | ",
+        "D: ",
+        "lasttoken",
+    )
+    model = GritLMForCausalLM.from_pretrained(out)
+    assert model.dtype == __import__("torch").bfloat16
+    assert "Wrote a GRIT checkpoint" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="must contain '\\{instruction\\}'"):
+        main(["convert", str(stock_checkpoint("llama")), str(tmp_path / "bad"), "--query-template", "no placeholder"])

@@ -48,3 +48,32 @@ def test_gpu_mode_skips_without_cuda(capsys):
     throughput = _load("encode_throughput")
     assert throughput.main(["--model", "mistral-7b-random", "--device", "cuda", "--dtype", "bfloat16"]) == 0
     assert "CUDA is not available" in capsys.readouterr().out
+
+
+def test_rag_latency_runs_on_a_tiny_model_and_reports_fidelity(grit_checkpoint, tmp_path):
+    latency = _load("rag_latency")
+    output = tmp_path / "latency"
+    argv = ["--model", str(grit_checkpoint("llama")), "--lengths", "12", "--runs", "1", "--disk-runs", "1"]
+    latency.main([*argv, "--new-tokens", "3", "--threads", "1", "--output", str(output)])
+    result = json.loads(output.with_suffix(".json").read_text())
+    rows = {(r["sample"], r["mode"]): r for r in result["rows"]}
+    assert len(rows) == 14 and result["disk"]
+    # causal caches (the checkpoint's setting): doc and query caching give plain RAG's answer exactly
+    assert rows[("A", "doc")]["cache_attention"] == "causal"
+    assert rows[("A", "doc")]["exact_match"] == 1.0 and rows[("B", "query")]["token_f1"] == 1.0
+    assert "token F1 / exact match" in output.with_suffix(".md").read_text()
+
+
+@pytest.mark.parametrize("script", ["decode_engine", "gradcache_memory"])
+def test_benchmark_scripts_run_in_a_tiny_configuration(script, grit_checkpoint, tmp_path):
+    module = _load(script)
+    output = tmp_path / script
+    if script == "decode_engine":
+        argv = ["--model", str(grit_checkpoint("llama")), "--lengths", "20", "--runs", "1", "--new-tokens", "3"]
+    else:
+        argv = ["--model", str(grit_checkpoint("llama")), "--batch-sizes", "4", "8", "--chunk-size", "2"]
+    assert module.main([*argv, "--output", str(output)]) in (0, None)
+    report = json.loads(output.with_suffix(".json").read_text())
+    if script == "decode_engine":
+        assert all(row["same_tokens"] for row in report["rows"])  # both engines decode the same greedy tokens
+    assert output.with_suffix(".md").is_file()
