@@ -1,0 +1,51 @@
+"""The README's runnable examples run end to end on the default model and reuse cached document states, and the
+retrieval benchmark runs on a tiny retrieval set."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["langchain_rag.py", "llamaindex_rag.py"])
+def test_readme_examples_run(script, default_model_dir):
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "examples" / script), "--threads", "1", "--max-tokens", "12"],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    output = completed.stdout.lower()
+    assert "eiffel" in output  # the retrieved document
+    assert "cache" in output and "0 cached" not in output  # it reports reused states
+
+
+def test_retrieval_benchmark_runs_on_a_tiny_set(tmp_path, default_model_dir):
+    folder = tmp_path / "tiny-retrieval"
+    folder.mkdir()
+    corpus = ["chgrp changes the group of each file.", "ls lists directory contents.", "cp copies files."]
+    queries = ["change group ownership", "list directory contents", "copy files"]
+    (folder / "corpus.jsonl").write_text(
+        "".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(corpus))
+    )
+    (folder / "queries.jsonl").write_text(
+        "".join(json.dumps({"id": f"q{i}", "text": t}) + "\n" for i, t in enumerate(queries))
+    )
+    (folder / "qrels.tsv").write_text("".join(f"q{i}\td{i}\t1\n" for i in range(3)))
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import retrieval_eval
+
+    output = tmp_path / "retrieval"
+    argv = ["--data", str(folder), "--configs", "bm25", "minilm", "grit-bidirectional", "--output", str(output)]
+    assert retrieval_eval.main(argv) == 0
+    results = json.loads(output.with_suffix(".json").read_text())["results"]
+    assert set(results) == {"bm25", "minilm", "grit-bidirectional"}
+    assert results["minilm"]["ndcg@10"] == 1.0  # three obvious pairs
+    assert 0 < results["grit-bidirectional"]["ndcg@10"] <= 1
