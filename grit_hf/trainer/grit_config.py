@@ -167,6 +167,11 @@ class GRITConfig(SFTConfig):
     )
 
     def __post_init__(self):
+        if self.deepspeed and self.emb_chunk_size is not None:
+            raise ValueError(
+                "`emb_chunk_size` (GradCache) needs several backward passes per step, which DeepSpeed does not allow: "
+                "unset one of `deepspeed` and `emb_chunk_size`."
+            )
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu and not _has_accelerator():
             # Without `use_cpu`, accelerate treats CPU-only processes as independent single-process runs.
             logger.info("Several processes and no accelerator: setting `use_cpu=True` (gloo).")

@@ -164,9 +164,9 @@ class GRITTrainer(SFTTrainer):
             model, args=args, train_dataset=generative, eval_dataset=eval_dataset,
             processing_class=processing_class, peft_config=peft_config, **kwargs,
         )  # fmt: skip
-        if self.is_deepspeed_enabled and args.emb_chunk_size is not None:
+        if self.is_deepspeed_enabled and args.emb_chunk_size is not None:  # DeepSpeed from accelerate's config
             raise ValueError(
-                "`emb_chunk_size` (GradCache) needs several backward passes per step: not with DeepSpeed."
+                "`emb_chunk_size` (GradCache) needs several backward passes per step, which DeepSpeed does not allow."
             )
         add_embedding_forward(_unwrap_grit(self.model))
 

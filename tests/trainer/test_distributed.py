@@ -52,35 +52,64 @@ def test_cross_device_negatives_give_the_single_process_gradient(tiny_grit, tmp_
         assert result["max_abs_diff"] <= 1e-5 * result["max_abs_grad"]
 
 
-def test_two_process_training_run(tiny_grit, tiny_data, tmp_path):
+FSDP_CPU = {
+    "compute_environment": "LOCAL_MACHINE", "distributed_type": "FSDP", "num_machines": 1, "num_processes": 2,
+    "machine_rank": 0, "mixed_precision": "no", "use_cpu": True, "rdzv_backend": "static", "same_network": True,
+    "fsdp_config": {
+        "fsdp_version": 2, "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "fsdp_cpu_ram_efficient_loading": False,
+        "fsdp_offload_params": False, "fsdp_reshard_after_forward": True, "fsdp_state_dict_type": "FULL_STATE_DICT",
+        "fsdp_activation_checkpointing": False,
+    },
+}  # fmt: skip
+
+
+def _train(tmp_path: Path, name: str, launcher: str, recipe: dict, per_device: int) -> tuple[list[dict], Path]:
+    """Run `grit_hf.train` with `launcher` ("single", "ddp" or "fsdp"); return the logged steps and the output."""
+    output = tmp_path / name
     recipe = {
-        "model_name_or_path": str(tiny_grit),
-        "output_dir": str(tmp_path / "run"),
-        "embedding_dataset": str(tiny_data["embedding"]),
-        "generative_dataset": str(tiny_data["generative"]),
-        "max_steps": 2,
-        "per_device_train_batch_size": 2,
-        "emb_batch_size": 2,
-        "emb_chunk_size": 1,
-        "negatives_cross_device": True,
-        "bf16": False,
-        "activation_checkpointing": False,
-        "logging_steps": 1,
-        "save_steps": 2,
-        "report_to": "none",
-        "disable_tqdm": True,
+        **recipe,
+        "output_dir": str(output),
+        "per_device_train_batch_size": per_device,
+        "emb_batch_size": per_device,
     }
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    launch = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()),
-    ]  # fmt: skip
-    _run(launch + ["-m", "grit_hf.train", "--config", str(tmp_path / "recipe.yaml")], tmp_path / "launch.log")
-    state = json.loads((tmp_path / "run" / "checkpoint-2" / "trainer_state.json").read_text())
-    logged = [entry for entry in state["log_history"] if "loss" in entry]
-    assert [entry["step"] for entry in logged] == [1, 2]
-    # 2 processes x 2 generative examples per step over 16 examples: a step is 1/4 epoch (1/8 with one process)
-    assert logged[0]["epoch"] == pytest.approx(0.25)
-    assert all(entry["loss_rep"] > 0 and entry["loss_gen"] > 0 for entry in logged)
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["model_type"] == "gritlm"
+    (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(recipe))
+    command = [sys.executable, "-m", "grit_hf.train", "--config", str(tmp_path / f"{name}.yaml")]
+    if launcher != "single":
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(_free_port())]
+        if launcher == "fsdp":
+            (tmp_path / "accelerate_fsdp.yaml").write_text(yaml.safe_dump(FSDP_CPU))
+            launch += ["--config_file", str(tmp_path / "accelerate_fsdp.yaml")]
+        else:
+            launch += ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+            launch += ["--dynamo_backend", "no"]
+        command = launch + command[1:]
+    _run(command, tmp_path / f"{name}.log")
+    state = json.loads((output / f"checkpoint-{recipe['max_steps']}" / "trainer_state.json").read_text())
+    return [entry for entry in state["log_history"] if "loss" in entry], output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["ddp", "fsdp"])
+def test_two_processes_follow_the_single_process_loss_curve(launcher, tiny_grit, tiny_data, tmp_path):
+    """2 CPU processes (gloo; DDP, or FSDP2 sharding the weights) with 2 examples each give the loss curve and the
+    weights of one process with 4: loss scaling across processes, cross-device negatives and sharded updates agree.
+    Tolerance: 1e-5 relative on the losses, 1e-5 absolute on the weights (float summation order only)."""
+    recipe = {
+        "model_name_or_path": str(tiny_grit), "embedding_dataset": str(tiny_data["embedding"]),
+        "generative_dataset": str(tiny_data["generative"]), "max_steps": 3, "learning_rate": 1e-3,
+        "negatives_cross_device": True, "gen_loss_aggregation": "token", "bf16": False, "activation_checkpointing": False,
+        "logging_steps": 1, "save_steps": 3, "report_to": "none", "disable_tqdm": True, "seed": 0,
+    }  # fmt: skip
+    single, single_out = _train(tmp_path, "single", "single", recipe, per_device=4)
+    multi, multi_out = _train(tmp_path, launcher, launcher, recipe, per_device=2)
+    assert [entry["step"] for entry in multi] == [1, 2, 3]
+    for ours, reference in zip(multi, single):
+        for key in ("loss", "loss_rep", "loss_gen", "grad_norm"):
+            assert ours[key] == pytest.approx(reference[key], rel=1e-5), (key, ours, reference)
+        assert ours["epoch"] == pytest.approx(reference["epoch"])
+    from grit_hf import GritLMForCausalLM
+
+    trained = GritLMForCausalLM.from_pretrained(multi_out).state_dict()
+    for name, weight in GritLMForCausalLM.from_pretrained(single_out).state_dict().items():
+        assert (trained[name] - weight).abs().max() <= 1e-5, name
+    assert json.loads((multi_out / "config.json").read_text())["model_type"] == "gritlm"

@@ -80,3 +80,10 @@ def test_trl_parser_yaml_cli_overrides_and_env(tmp_path, monkeypatch):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"output_dir": str(tmp_path), "emb_batchsize": 3}))
     with pytest.raises(ValueError, match="emb_batchsize"):
         parser.parse_args_and_config(["--config", str(tmp_path / "bad.yaml")])
+
+
+def test_gradcache_is_refused_with_deepspeed(make_args):
+    """DeepSpeed runs one backward per step: GradCache's several backwards are refused when the config is built."""
+    with pytest.raises(ValueError, match="`emb_chunk_size` \\(GradCache\\).*DeepSpeed"):
+        make_args(deepspeed={"zero_optimization": {"stage": 2}}, emb_chunk_size=4)
+    assert make_args(emb_chunk_size=4).emb_chunk_size == 4
