@@ -5,7 +5,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from tiny import FAMILIES
+from tiny import FAMILIES, PARITY
 from torch.testing import assert_close
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
@@ -41,8 +41,8 @@ def test_matches_reference_gritlm(family, stock_checkpoint, grit_checkpoint):
     documents = model.encode(TEXTS)
     ref_queries = reference.encode(TEXTS, instruction="<|user|>\n" + INSTRUCTION + "\n<|embed|>\n")
     ref_documents = reference.encode(TEXTS, instruction="<|embed|>\n")
-    assert np.abs(queries - ref_queries).max() <= 1e-5
-    assert np.abs(documents - ref_documents).max() <= 1e-5
+    assert np.abs(queries - ref_queries).max() <= PARITY
+    assert np.abs(documents - ref_documents).max() <= PARITY
     assert np.abs(queries - documents).max() > 1e-3  # the instruction matters
 
 
@@ -111,9 +111,9 @@ def test_batched_equals_single_and_order_is_kept(grit_checkpoint):
     batched = model.encode(TEXTS, instruction=INSTRUCTION, batch_size=3)
     single = np.stack([model.encode(t, instruction=INSTRUCTION) for t in TEXTS])
     assert batched.shape == (4, 64) and batched.dtype == np.float32
-    assert np.abs(batched - single).max() <= 1e-5
+    assert np.abs(batched - single).max() <= PARITY
     reversed_ = model.encode(TEXTS[::-1], instruction=INSTRUCTION)
-    assert np.abs(reversed_[::-1] - batched).max() <= 1e-5
+    assert np.abs(reversed_[::-1] - batched).max() <= PARITY
     assert np.allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
 
 
@@ -137,7 +137,7 @@ def test_other_pooling_methods_match_reference(pooling, stock_checkpoint, tmp_pa
     reference = gritlm.GritLM(str(stock_checkpoint("llama")), attn="bbcc", device="cpu", pooling_method=pooling)
     ours = model.encode(TEXTS, instruction=INSTRUCTION)
     ref = reference.encode(TEXTS, instruction="<|user|>\n" + INSTRUCTION + "\n<|embed|>\n")
-    assert np.abs(ours - ref).max() <= 1e-5
+    assert np.abs(ours - ref).max() <= PARITY
 
 
 def test_return_states_are_the_texts_own(grit_checkpoint):
@@ -146,7 +146,7 @@ def test_return_states_are_the_texts_own(grit_checkpoint):
     assert len(states) == len(TEXTS)
     for text, state, embedding in zip(TEXTS, states, embeddings):
         alone, (single_state,) = model.encode([text], return_states=True)
-        assert np.abs(alone[0] - embedding).max() <= 1e-5
+        assert np.abs(alone[0] - embedding).max() <= PARITY
         assert torch.equal(state.input_ids, single_state.input_ids)
         assert (
             state.cache.get_seq_length() == state.num_tokens == len(model.tokenizer("<|embed|>\n" + text)["input_ids"])
@@ -165,7 +165,7 @@ def test_eager_and_sdpa_agree(grit_checkpoint):
     assert eager.model.config._attn_implementation == "eager"
     assert (
         np.abs(sdpa.encode(TEXTS, instruction=INSTRUCTION) - eager.encode(TEXTS, instruction=INSTRUCTION)).max()
-        <= 1e-5
+        <= PARITY
     )
 
 
@@ -222,7 +222,7 @@ def test_long_text_is_truncated_with_a_warning_per_call(llama, caplog):
     # truncation keeps the first tokens: same as encoding the text cut to 32 tokens
     ids = llama.tokenizer("<|embed|>\n" + long_text)["input_ids"][:32]
     cut = llama.tokenizer.decode(ids[len(llama.tokenizer("<|embed|>\n")["input_ids"]) :])
-    assert np.abs(out[0] - llama.encode(cut, max_length=32)).max() <= 1e-5
+    assert np.abs(out[0] - llama.encode(cut, max_length=32)).max() <= PARITY
 
 
 def test_instruction_leaving_no_room_is_a_value_error(llama):
