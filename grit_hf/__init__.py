@@ -1,13 +1,16 @@
 """grit-hf: GRIT (Generative Representational Instruction Tuning) for the Hugging Face stack.
 
-`import grit_hf` registers the model type `gritlm` with `AutoConfig`, `AutoModel` and `AutoModelForCausalLM`, and
-exports the public entry points.
+`import grit_hf` registers the model type `gritlm` with `AutoConfig`, `AutoModel` and `AutoModelForCausalLM` and the
+`grit_sdpa` attention (`grit_hf.attention`) with transformers' attention interfaces, and exports the public entry
+points.
 """
 
 from __future__ import annotations
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import AttentionInterface, AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers.masking_utils import AttentionMaskInterface
 
+from .attention import ATTENTION_NAME, offset_causal_sdpa_attention, offset_causal_sdpa_mask
 from .cache import KVStates
 from .checkpoint.conversion import convert_checkpoint, grit_checkpoint_folder, sentence_transformer
 from .checkpoint.default_model import default_base_path, default_model_path
@@ -21,6 +24,8 @@ from .rag import GritRAG
 
 __version__ = "0.2.0"
 
+AttentionInterface.register(ATTENTION_NAME, offset_causal_sdpa_attention)
+AttentionMaskInterface.register(ATTENTION_NAME, offset_causal_sdpa_mask)
 AutoConfig.register(GritLMConfig.model_type, GritLMConfig, exist_ok=True)
 AutoModel.register(GritLMConfig, GritLMModel, exist_ok=True)
 AutoModelForCausalLM.register(GritLMConfig, GritLMForCausalLM, exist_ok=True)

@@ -22,6 +22,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 from transformers.utils import logging
 
+from .attention import ATTENTION_NAME
 from .cache.states import KVStates, split_batch_cache
 from .checkpoint.resolve import resolve_checkpoint
 from .checkpoint.sentence_transformers import write_checkpoint_files
@@ -133,7 +134,10 @@ class GritLMPreTrainedModel(PreTrainedModel):
             config = load_grit_config(pretrained_model_name_or_path, **config_kwargs)
         if config is not None and "key_mapping" not in kwargs:
             kwargs["key_mapping"] = stock_key_mapping(config.text_config) or None
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+        if model.config.get_text_config()._attn_implementation == "sdpa":
+            model.set_attn_implementation(ATTENTION_NAME)  # sdpa, with a fast path for prefills after a cache
+        return model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`, then (main process only) the files every GRIT checkpoint carries:

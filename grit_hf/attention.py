@@ -1,0 +1,93 @@
+"""`grit_sdpa`: transformers' sdpa attention, plus a fast path for new tokens after cached ones on CPU.
+
+RAG with caching prefills text on top of cached states (e.g. a long query after a short cached document). transformers
+then builds an explicit lower-right causal mask (torch's `is_causal` is top-left aligned), and sdpa with an explicit
+mask cannot use the CPU flash kernel: the prefill ran ~1.5x slower than plain RAG computing every token. Here the
+attention of the new tokens is split in two flash-kernel calls that need no mask, over the cached positions (all
+visible) and over the new positions (causal), and the two are merged with their log-sum-exps, exactly. Everything
+else (padding, sliding windows, bidirectional embedding passes, decoding, CUDA) goes to transformers' own sdpa.
+
+Registered with transformers' `AttentionInterface` / `AttentionMaskInterface` in `grit_hf/__init__.py`;
+`GritLMPreTrainedModel.from_pretrained` selects it for models that would use sdpa.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import causal_mask_function, sdpa_mask
+
+__all__ = ["ATTENTION_NAME", "offset_causal_sdpa_attention", "offset_causal_sdpa_mask"]
+
+ATTENTION_NAME = "grit_sdpa"
+
+# What `offset_causal_sdpa_mask` returns instead of a mask for the fast path (transformers itself uses `None` for
+# "plain top-left causal", which a first prefill into an empty static cache also gets, so `None` cannot mark it).
+OFFSET_CAUSAL = torch.empty((0, 0, 0, 0), dtype=torch.bool)
+
+
+def _flash(query, key, value, is_causal: bool, scale: float | None):
+    """torch's CPU flash-attention kernel (what sdpa dispatches to without a mask), which also returns the log-sum-exp
+    of every query's scores."""
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, 0.0, is_causal, scale=scale)
+
+
+def offset_causal_sdpa_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    mask_function=causal_mask_function,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs,
+):
+    """transformers' `sdpa_mask`, except the `OFFSET_CAUSAL` marker for a plain causal mask of several new tokens right
+    after every cached one on CPU (no padding, no window, no empty slots of a static cache):
+    `offset_causal_sdpa_attention` handles that case without a mask."""
+    device = torch.device(kwargs.get("device", "cpu"))
+    if (
+        device.type == "cpu"
+        and mask_function is causal_mask_function
+        and 1 < q_length < kv_length
+        and isinstance(q_offset, int)
+        and q_offset + q_length == kv_length
+        and kv_offset == 0
+        and (attention_mask is None or bool(attention_mask.all()))
+    ):
+        return OFFSET_CAUSAL
+    return sdpa_mask(
+        batch_size, q_length, kv_length, q_offset=q_offset, kv_offset=kv_offset, mask_function=mask_function,
+        attention_mask=attention_mask, **kwargs,
+    )  # fmt: skip
+
+
+def offset_causal_sdpa_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """sdpa attention; new tokens right after cached ones (the `OFFSET_CAUSAL` marker) attend to the cached positions
+    and causally to each other through two maskless flash-kernel calls merged by log-sum-exp."""
+    q_length, kv_length = query.shape[2], key.shape[2]
+    if attention_mask is OFFSET_CAUSAL and dropout and module.training:  # the kernel takes no dropout: mask instead
+        attention_mask = torch.ones(q_length, kv_length, dtype=torch.bool, device=query.device)
+        attention_mask = attention_mask.tril(kv_length - q_length)[None, None]
+    if attention_mask is not OFFSET_CAUSAL:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
+    groups = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    cached = kv_length - q_length
+    out_cached, lse_cached = _flash(query, key[:, :, :cached], value[:, :, :cached], False, scaling)
+    out_new, lse_new = _flash(query, key[:, :, cached:], value[:, :, cached:], True, scaling)
+    lse = torch.logaddexp(lse_cached, lse_new)
+    output = out_cached * torch.exp(lse_cached - lse).unsqueeze(-1) + out_new * torch.exp(lse_new - lse).unsqueeze(-1)
+    return output.to(query.dtype).transpose(1, 2).contiguous(), None

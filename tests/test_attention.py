@@ -1,0 +1,71 @@
+"""`grit_sdpa`: new tokens after cached ones attend exactly as with an explicit mask, through the maskless fast path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+import grit_hf.attention as attention
+from grit_hf import GritLMForCausalLM
+
+
+@pytest.fixture(scope="module")
+def model(stock_checkpoint):
+    return GritLMForCausalLM.from_pretrained(stock_checkpoint("llama")).eval()  # 4 heads, 2 key/value heads
+
+
+def _prefill_after_cache(model, implementation: str, ids: torch.Tensor, cached: int):
+    model.set_attn_implementation(implementation)
+    with torch.inference_mode():
+        cache = DynamicCache()
+        model(input_ids=ids[:, :cached], cache=cache, use_cache=True)
+        positions = torch.arange(cached, ids.shape[1]).unsqueeze(0)
+        logits = model(input_ids=ids[:, cached:], position_ids=positions, cache=cache, use_cache=True).logits
+    return logits, cache
+
+
+def test_loaded_models_use_grit_sdpa(model):
+    assert model.config.get_text_config()._attn_implementation == attention.ATTENTION_NAME
+
+
+@pytest.mark.parametrize("cached", [1, 7, 30])
+def test_prefill_after_a_cache_equals_the_masked_kernels(model, monkeypatch, cached):
+    ids = torch.randint(3, 300, (1, 40), generator=torch.Generator().manual_seed(cached))
+    calls, flash = [], attention._flash
+    monkeypatch.setattr(attention, "_flash", lambda *args: calls.append(1) or flash(*args))
+    fast, fast_cache = _prefill_after_cache(model, "grit_sdpa", ids, cached)
+    assert len(calls) == 2 * model.config.text_config.num_hidden_layers  # cached part + new part, every layer
+    for reference in ("sdpa", "eager"):
+        logits, cache = _prefill_after_cache(model, reference, ids, cached)
+        torch.testing.assert_close(fast, logits, rtol=1e-5, atol=1e-5)
+        for mine, theirs in zip(fast_cache.layers, cache.layers):
+            torch.testing.assert_close(mine.keys, theirs.keys, rtol=1e-5, atol=1e-5)
+    model.set_attn_implementation("grit_sdpa")
+
+
+def test_padding_and_decoding_keep_transformers_sdpa(model):
+    ids = torch.randint(3, 300, (2, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding: an explicit mask is needed
+    results = {}
+    for implementation in ("grit_sdpa", "sdpa"):
+        model.set_attn_implementation(implementation)
+        with torch.inference_mode():
+            results[implementation] = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(results["grit_sdpa"], results["sdpa"], rtol=0, atol=1e-6)
+    model.set_attn_implementation("grit_sdpa")
+
+
+def test_training_with_dropout_uses_the_explicit_mask(stock_checkpoint):
+    model = GritLMForCausalLM.from_pretrained(stock_checkpoint("llama"))
+    model.config.text_config.attention_dropout = 0.0
+    for layer in model.model.layers:
+        layer.self_attn.attention_dropout = 0.5
+    ids = torch.randint(3, 300, (1, 20), generator=torch.Generator().manual_seed(0))
+    model.train()
+    cache = DynamicCache()
+    model(input_ids=ids[:, :5], cache=cache, use_cache=True)
+    logits = model(input_ids=ids[:, 5:], position_ids=torch.arange(5, 20)[None], cache=cache, use_cache=True).logits
+    assert torch.isfinite(logits).all()
+    model.eval()
