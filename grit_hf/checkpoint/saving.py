@@ -14,7 +14,11 @@ if TYPE_CHECKING:
 
     from ..modeling_gritlm import GritLMPreTrainedModel
 
-__all__ = ["save_grit_checkpoint", "build_folder_once"]
+__all__ = ["save_grit_checkpoint", "build_folder_once", "merge_adapter_checkpoint", "ADAPTER_GRIT_CONFIG"]
+
+ADAPTER_GRIT_CONFIG = "grit_config.json"
+"""Written next to a PEFT adapter by `GRITTrainer`: the GRIT settings the training gave the model (e.g.
+`cache_attention`), applied when the adapter is merged."""
 
 
 def save_grit_checkpoint(
@@ -51,3 +55,39 @@ def build_folder_once(target: Path, build: Callable[[Path], object]) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def merge_adapter_checkpoint(base: Path, adapter_dir: Path, output_dir: Path) -> Path:
+    """Merge the PEFT adapter in `adapter_dir` into the GRIT checkpoint folder `base` and save the result in
+    `output_dir`, with the GRIT settings of the adapter's `grit_config.json` (if any) applied.
+
+    Only the stock decoder class is built (GRIT checkpoints keep the stock weight layout, and adapters trained on a
+    GRIT model name the same modules), so this also serves the default model, whose name resolution sits below the
+    GRIT model classes. Needs `peft`.
+    """
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..configuration_gritlm import GritLMConfig
+    from .sentence_transformers import write_checkpoint_files
+
+    config = GritLMConfig.from_pretrained(base)
+    settings_path = Path(adapter_dir) / ADAPTER_GRIT_CONFIG
+    settings = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.is_file() else {}
+    unknown = [key for key in settings if key not in GritLMConfig.__dataclass_fields__ or key == "text_config"]
+    if unknown:
+        raise ValueError(f"{settings_path} sets unknown GRIT settings {unknown}.")
+    for key, value in settings.items():
+        setattr(config, key, value)
+    config._check_grit_settings()
+    stock = AutoModelForCausalLM.from_pretrained(base, config=config.text_config)
+    merged = PeftModel.from_pretrained(stock, str(adapter_dir)).merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    output_dir = Path(output_dir)
+    merged.save_pretrained(output_dir, safe_serialization=True)
+    config.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    write_checkpoint_files(output_dir, config, tokenizer=tokenizer)
+    return output_dir

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from transformers.utils import logging
 
-from ..checkpoint.saving import save_grit_checkpoint
+from ..checkpoint.resolve import resolve_checkpoint
+from ..checkpoint.saving import merge_adapter_checkpoint
 from ..modeling_gritlm import GritLMForCausalLM
 
 logger = logging.get_logger(__name__)
@@ -22,27 +23,28 @@ def load_adapter_model(adapter_dir: str | os.PathLike, base_model: str | os.Path
     from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)
+    base = GritLMForCausalLM.from_pretrained(base_model or _recorded_base(adapter_dir), **kwargs)
+    return PeftModel.from_pretrained(base, str(adapter_dir))
+
+
+def _recorded_base(adapter_dir: Path) -> str:
     config_path = adapter_dir / "adapter_config.json"
     if not config_path.is_file():
         raise ValueError(
             f"`adapter_dir` must be a PEFT adapter folder with adapter_config.json, got {str(adapter_dir)!r}."
         )
-    if base_model is None:
-        base_model = json.loads(config_path.read_text()).get("base_model_name_or_path")
-        if not base_model:
-            raise ValueError(f"{config_path} names no base model: pass `base_model`.")
-    base = GritLMForCausalLM.from_pretrained(base_model, **kwargs)
-    return PeftModel.from_pretrained(base, str(adapter_dir))
+    base_model = json.loads(config_path.read_text()).get("base_model_name_or_path")
+    if not base_model:
+        raise ValueError(f"{config_path} names no base model: pass `base_model`.")
+    return base_model
 
 
 def merge_adapter(
     adapter_dir: str | os.PathLike, output_dir: str | os.PathLike, base_model: str | os.PathLike | None = None
 ) -> Path:
-    """Merge the adapter in `adapter_dir` into its base model and save a full grit-hf checkpoint in `output_dir`."""
-    from transformers import AutoTokenizer
-
-    model = load_adapter_model(adapter_dir, base_model).merge_and_unload()
-    tokenizer_dir = adapter_dir if (Path(adapter_dir) / "tokenizer_config.json").is_file() else model.name_or_path
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    logger.info(f"Merging the adapter {adapter_dir} into {model.name_or_path}; saving to {output_dir}")
-    return save_grit_checkpoint(model, tokenizer, output_dir)
+    """Merge the adapter in `adapter_dir` into its base model (the one its config records unless `base_model` is
+    given) and save a full grit-hf checkpoint in `output_dir`, with the GRIT settings the training recorded."""
+    adapter_dir = Path(adapter_dir)
+    base = resolve_checkpoint(base_model if base_model is not None else _recorded_base(adapter_dir))
+    logger.info(f"Merging the adapter {adapter_dir} into {base}; saving to {output_dir}")
+    return merge_adapter_checkpoint(base, adapter_dir, Path(output_dir))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import types
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,7 +16,7 @@ from accelerate.utils.memory import clear_device_cache
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from trl import SFTTrainer
 
-from ..checkpoint.saving import save_grit_checkpoint
+from ..checkpoint.saving import ADAPTER_GRIT_CONFIG, save_grit_checkpoint
 from ..modeling_gritlm import GritLMForCausalLM, GritLMPreTrainedModel
 from ..rag.prompts import RAGPrompts
 from .cache_data import load_cache_dataset
@@ -396,3 +398,7 @@ class GRITTrainer(SFTTrainer):
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
             return
         super()._save(output_dir, state_dict)
+        grit = _unwrap_grit(model)
+        if grit is not None and grit is not model and self.args.should_save:  # an adapter: keep the GRIT settings
+            settings = {"cache_attention": grit.config.cache_attention}
+            Path(output_dir, ADAPTER_GRIT_CONFIG).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
