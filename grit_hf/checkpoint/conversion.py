@@ -15,7 +15,7 @@ from transformers.utils import logging
 from ..configuration_gritlm import GritLMConfig
 from ..modeling_gritlm import GritLMForCausalLM
 from .default_model import cache_home
-from .resolve import resolve_checkpoint
+from .resolve import checkpoint_display_name, resolve_checkpoint
 from .saving import build_folder_once, save_grit_checkpoint
 
 if TYPE_CHECKING:
@@ -66,7 +66,8 @@ def grit_checkpoint_folder(name: str | os.PathLike, revision: str | None = None)
     if config.get("model_type") == GritLMConfig.model_type and (folder / "modules.json").is_file():
         return folder
     digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
-    target = cache_home() / "converted" / f"{folder.name}-{digest}"
+    label = checkpoint_display_name(folder).replace("/", "--")  # "GritLM--GritLM-7B" for a Hub snapshot, not its hash
+    target = cache_home() / "converted" / f"{label}-{digest}"
     if not (target / "config.json").is_file():
         logger.warning(f"Converting {name} into a grit-hf checkpoint at {target}; this happens once.")
     return build_folder_once(target, lambda staging: convert_checkpoint(folder, staging))
