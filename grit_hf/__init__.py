@@ -9,7 +9,12 @@ from __future__ import annotations
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .cache import KVStates
-from .checkpoint.conversion import convert_checkpoint, grit_checkpoint_folder, sentence_transformer
+from .checkpoint.conversion import (
+    convert_checkpoint,
+    export_stock_sentence_transformer,
+    grit_checkpoint_folder,
+    sentence_transformer,
+)
 from .checkpoint.default_model import default_base_path, default_model_path
 from .checkpoint.loading import load_model
 from .checkpoint.resolve import resolve_checkpoint
@@ -37,6 +42,7 @@ __all__ = [
     "load_model",
     "resolve_checkpoint",
     "convert_checkpoint",
+    "export_stock_sentence_transformer",
     "save_grit_checkpoint",
     "grit_checkpoint_folder",
     "sentence_transformer",

@@ -105,6 +105,12 @@ def checkpoint_display_name(name_or_folder: str | os.PathLike) -> str:
     """A readable name for a checkpoint name or folder: `"ORG/NAME"` for a Hub name or a snapshot folder of the HF
     cache (not its commit hash), else the folder's last part."""
     text = str(name_or_folder).rstrip("/")
+    if text.count("/") == 1 and not os.path.exists(text):
+        try:
+            validate_repo_id(text)
+            return text  # a Hub name
+        except HFValidationError:
+            pass
     return hub_repo_id(text) or Path(text).name or text
 
 

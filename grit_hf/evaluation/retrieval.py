@@ -142,6 +142,7 @@ class SentenceTransformerRetriever:
     ) -> None:
         from sentence_transformers import SentenceTransformer
 
+        name = checkpoint_display_name(model) if isinstance(model, (str, os.PathLike)) else None
         if isinstance(model, (str, os.PathLike)):
             model = SentenceTransformer(str(sentence_transformers_folder(model)), device=device)
         if not isinstance(model, SentenceTransformer):
@@ -151,7 +152,8 @@ class SentenceTransformerRetriever:
         self.model = model
         self.batch_size = batch_size
         self.show_progress_bar = show_progress_bar
-        self.name = f"sentence-transformers:{checkpoint_display_name(model[0].auto_model.name_or_path or 'model')}"
+        name = name or checkpoint_display_name(model[0].auto_model.name_or_path or "model")
+        self.name = f"sentence-transformers:{name}"
 
     def _encode(self, texts: list[str], instruction: str, prompt_name: str) -> torch.Tensor:
         config = getattr(self.model[0].auto_model, "config", None)
