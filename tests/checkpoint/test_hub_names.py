@@ -138,6 +138,22 @@ def test_resolve_names_helpers(hub):
     assert known_grit_checkpoint(hub["snapshots"][LLAMA]) is None
 
 
+def test_known_grit_checkpoints(hub, grit_checkpoint, tmp_path):
+    from grit_hf.checkpoint.resolve import known_grit_checkpoint
+
+    assert known_grit_checkpoint(grit_checkpoint("llama")) == "a grit-hf checkpoint"
+    org = tmp_path / "models--GritLM--GritLM-8x7B" / "snapshots" / ("0" * 40)
+    org.mkdir(parents=True)
+    (org / "config.json").write_text(json.dumps({"model_type": "mixtral"}))
+    assert known_grit_checkpoint(org) == "the Hub repository GritLM/GritLM-8x7B"
+    templated = tmp_path / "templated"
+    templated.mkdir()
+    (templated / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (templated / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ '<|embed|>\\n' }}"}))
+    assert "<|embed|>" in known_grit_checkpoint(templated)
+    assert known_grit_checkpoint(tmp_path / "missing") is None
+
+
 def test_offline_miss_names_the_download_command(hub):
     with pytest.raises(ValueError) as error:
         grit_hf.load_model("GritLM/GritLM-8x7B")
