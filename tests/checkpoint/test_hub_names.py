@@ -355,7 +355,7 @@ FRESH_PROCESS = textwrap.dedent(
     torch.set_num_threads(1)
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel, AutoModelForCausalLM
-    converted, stock_export, texts, instruction = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+    converted, stock_export, texts, instruction, published = sys.argv[1:3] + [json.loads(sys.argv[3])] + sys.argv[4:]
     result = {}
     # the stock-config export: plain sentence-transformers and transformers, grit-hf never imported
     st = SentenceTransformer(stock_export, device="cpu")
@@ -371,6 +371,9 @@ FRESH_PROCESS = textwrap.dedent(
     st = SentenceTransformer(converted, device="cpu", trust_remote_code=True)
     result["st_documents"] = st.encode_document(texts).tolist()
     result["st_queries"] = st.encode_query(texts).tolist()
+    # the same folder published on the Hub (here: in the HF cache), by name
+    st = SentenceTransformer(published, device="cpu", trust_remote_code=True)
+    result["published_queries"] = st.encode_query(texts).tolist()
     model = AutoModel.from_pretrained(converted, trust_remote_code=True)
     result["automodel_class"] = type(model).__name__
     result["automodel_queries"] = model.encode(texts, instruction=instruction).tolist()
@@ -398,10 +401,15 @@ def test_converted_folder_is_the_portable_artifact(hub, tmp_path):
     assert _max_diff(model.encode(TEXTS, instruction=INSTRUCTION), hub["queries"]) <= 1e-5
     assert isinstance(AutoModelForCausalLM.from_pretrained(converted), GritLMForCausalLM)
 
+    # published (`hf upload my-team/GritLM-7B-grit out/`): used as it is, never converted again
+    published = add_hub_entry(hub["home"] / "hub", "my-team/GritLM-7B-grit", converted)
+    assert grit_hf.grit_checkpoint_folder("my-team/GritLM-7B-grit") == published
+
     # a fresh process
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
     run = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, str(converted), str(stock_export), json.dumps(TEXTS), INSTRUCTION],
+        [sys.executable, "-c", FRESH_PROCESS, str(converted), str(stock_export), json.dumps(TEXTS), INSTRUCTION]
+        + ["my-team/GritLM-7B-grit"],
         capture_output=True,
         text=True,
         env=env,
@@ -417,5 +425,6 @@ def test_converted_folder_is_the_portable_artifact(hub, tmp_path):
     assert _max_diff(result["stock_export_logits"], stock_logits) == 0  # generation unchanged: causal
     assert _max_diff(result["st_documents"], hub["documents"]) <= 1e-5
     assert _max_diff(result["st_queries"], hub["queries"]) <= 1e-5
+    assert _max_diff(result["published_queries"], hub["queries"]) <= 1e-5
     assert result["automodel_class"] == "GritLMModel"
     assert _max_diff(result["automodel_queries"], hub["queries"]) <= 1e-5
