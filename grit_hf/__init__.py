@@ -12,7 +12,12 @@ from transformers.masking_utils import AttentionMaskInterface
 
 from .attention import ATTENTION_NAME, offset_causal_sdpa_attention, offset_causal_sdpa_mask
 from .cache import KVStates
-from .checkpoint.conversion import convert_checkpoint, grit_checkpoint_folder, sentence_transformer
+from .checkpoint.conversion import (
+    convert_checkpoint,
+    export_stock_sentence_transformer,
+    grit_checkpoint_folder,
+    sentence_transformer,
+)
 from .checkpoint.default_model import default_base_path, default_model_path
 from .checkpoint.loading import load_model
 from .checkpoint.resolve import resolve_checkpoint
@@ -42,6 +47,7 @@ __all__ = [
     "load_model",
     "resolve_checkpoint",
     "convert_checkpoint",
+    "export_stock_sentence_transformer",
     "save_grit_checkpoint",
     "grit_checkpoint_folder",
     "sentence_transformer",

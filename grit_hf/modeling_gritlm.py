@@ -24,7 +24,7 @@ from transformers.utils import logging
 
 from .attention import ATTENTION_NAME
 from .cache.states import KVStates, split_batch_cache
-from .checkpoint.resolve import resolve_checkpoint
+from .checkpoint.resolve import known_grit_checkpoint, resolve_checkpoint
 from .checkpoint.sentence_transformers import write_checkpoint_files
 from .configuration_gritlm import GritLMConfig
 from .formatting import EmbeddingInputs, length_sorted_batches, pad_right, pad_token_id, tokenize_with_prefix
@@ -48,6 +48,11 @@ def load_grit_config(path: str | os.PathLike, **kwargs) -> GritLMConfig:
         return GritLMConfig.from_pretrained(str(path), **kwargs)
     if model_type is None:
         raise ValueError(f"{path}/config.json has no `model_type`; cannot tell which decoder it holds.")
+    if os.path.isdir(path) and (reason := known_grit_checkpoint(path)):
+        logger.info(
+            f"{path} is a GRIT model ({reason}): loading it with GRIT semantics (bidirectional embedding attention, "
+            "mean over the text tokens, GritLM-7B's templates); its remote code is not run."
+        )
     config_dict = {k: v for k, v in config_dict.items() if k not in ("auto_map", "architectures", "model_type")}
     try:
         text_config = AutoConfig.for_model(model_type, **config_dict)

@@ -21,7 +21,6 @@ Example:
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,7 +35,7 @@ except ImportError as error:  # pragma: no cover - exercised only without mteb
     raise ImportError("grit_hf.mteb needs mteb: pip install 'mteb>=2.20'") from error
 
 from .checkpoint.loading import load_model
-from .checkpoint.resolve import resolve_checkpoint
+from .checkpoint.resolve import checkpoint_display_name, resolve_checkpoint
 from .modeling_gritlm import GritLMPreTrainedModel
 from .validation import check_positive_int
 
@@ -58,7 +57,7 @@ def grit_model_meta(model: GritLMPreTrainedModel, path: str | os.PathLike | None
     return ModelMeta(
         loader=GritMTEBEncoder,
         loader_kwargs={"model_path": source} if source else {},
-        name=f"grit-hf/{Path(source).name or 'model'}",
+        name=f"grit-hf/{checkpoint_display_name(source).split('/')[-1] if source else 'model'}",
         revision=None,
         release_date=None,
         languages=None,

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from ..checkpoint.resolve import DEFAULT_NAMES
+from ..checkpoint.resolve import DEFAULT_NAMES, resolve_checkpoint
 
 __all__ = ["add_parsers"]
 
@@ -24,19 +24,21 @@ def _make_retriever(args: argparse.Namespace):
         return BM25Retriever(stem=args.bm25_stem, max_words=args.max_length, show_progress_bar=not args.no_progress)
     if args.model is None:
         raise SystemExit("grit-hf eval-retrieval: give --model (a GRIT or sentence-transformers folder) or --bm25.")
-    is_st_folder = (Path(args.model) / "modules.json").is_file()
-    if args.sentence_transformers or (is_st_folder and not _is_grit_folder(args.model)):
+    # names (Hub names: their snapshot folder in the HF cache) are resolved first, so the checks below see a folder
+    model = args.model if args.model in DEFAULT_NAMES else str(resolve_checkpoint(args.model, revision=args.revision))
+    is_st_folder = (Path(model) / "modules.json").is_file()
+    if args.sentence_transformers or (is_st_folder and not _is_grit_folder(model)):
         if args.causal:
             raise SystemExit("grit-hf eval-retrieval: --causal needs the GRIT path (drop --sentence-transformers).")
         return SentenceTransformerRetriever(
-            args.model,
+            model,
             batch_size=args.batch_size,
             max_length=args.max_length,
             device=args.device,
             show_progress_bar=not args.no_progress,
         )
     return GritRetriever(  # GRIT checkpoints and stock decoder folders (wrapped as GRIT models)
-        args.model,
+        model,
         batch_size=args.batch_size,
         max_length=args.max_length or 512,
         is_causal=True if args.causal else None,
@@ -130,7 +132,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         help="nDCG@10, recall@1/10, MRR@10 on local retrieval data (GRIT, sentence-transformers or BM25).",
     )
     parser.add_argument(
-        "--model", default=None, help="GRIT checkpoint (folder, Hub name, 'default') or a sentence-transformers folder"
+        "--model",
+        default=None,
+        help="GRIT checkpoint (folder, Hub name, 'default') or a sentence-transformers folder or Hub name",
     )
     parser.add_argument(
         "--data", required=True, help="folder with queries.jsonl, corpus.jsonl, qrels.tsv [, task.json]"
@@ -148,6 +152,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--instruction", default=None, help="query instruction (default: task.json's)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--top-k", type=int, default=100)
+    parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--output", default=None, help="also write the JSON result to this file")

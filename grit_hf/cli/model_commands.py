@@ -26,13 +26,15 @@ def load_model_from_args(args: argparse.Namespace):
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from ..checkpoint.conversion import convert_checkpoint
+    from ..checkpoint.conversion import convert_checkpoint, export_stock_sentence_transformer
 
     settings = {k: v for k, v in (("query_template", args.query_template), ("pooling_method", args.pooling)) if v}
     if args.document_template is not None:
         settings["document_template"] = args.document_template
-    output = convert_checkpoint(args.source, args.output, dtype=args.dtype, revision=args.revision, **settings)
-    print(f"Wrote a GRIT checkpoint to {output}")
+    convert = export_stock_sentence_transformer if args.stock_config else convert_checkpoint
+    output = convert(args.source, args.output, dtype=args.dtype, revision=args.revision, **settings)
+    kind = "stock-config GRIT export (plain sentence-transformers)" if args.stock_config else "GRIT checkpoint"
+    print(f"Wrote a {kind} to {output}")
     return 0
 
 
@@ -104,13 +106,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Add `convert`, `embed`, `generate` and `demo`."""
     convert = subparsers.add_parser("convert", help="Turn a stock decoder checkpoint into a GRIT checkpoint.")
-    convert.add_argument("source", help="stock checkpoint: a folder (config.json + *.safetensors) or a Hub name")
+    convert.add_argument(
+        "source", help="stock or GRIT checkpoint: a folder (config.json + *.safetensors) or a Hub name (ORG/NAME)"
+    )
     convert.add_argument("output", help="folder to write the GRIT checkpoint to")
     convert.add_argument("--revision", default=None, help="Hub revision of SOURCE")
     convert.add_argument("--dtype", default="auto", help="dtype of the saved weights (default: as stored)")
     convert.add_argument("--query-template", default=None, help="prefix for instructed texts, with {instruction}")
     convert.add_argument("--document-template", default=None, help="prefix for texts without an instruction")
     convert.add_argument("--pooling", default=None, choices=["mean", "weightedmean", "lasttoken"])
+    convert.add_argument(
+        "--stock-config",
+        action="store_true",
+        help="write the stock family's config (is_causal: true) instead of grit-hf's, with sentence-transformers "
+        "files that load it bidirectionally: plain SentenceTransformer(OUTPUT) embeds the GRIT way without grit-hf; "
+        "transformers' Auto classes load the stock causal model",
+    )
     convert.set_defaults(func=_cmd_convert)
 
     embed = subparsers.add_parser("embed", help="Embed texts (one per line, or JSONL with 'text') into .npy/.jsonl.")

@@ -25,7 +25,7 @@ import torch
 from transformers.utils import logging
 
 from ..checkpoint.loading import load_model
-from ..checkpoint.resolve import resolve_checkpoint
+from ..checkpoint.resolve import checkpoint_display_name, known_grit_checkpoint, resolve_checkpoint
 from ..configuration_gritlm import GritLMConfig
 from ..modeling_gritlm import GritLMPreTrainedModel
 from ..retrieval_data import RetrievalData, load_retrieval_data
@@ -96,7 +96,7 @@ class GritRetriever:
         attention = (
             "causal" if (is_causal if is_causal is not None else model.config.is_causal_embedding) else "bidirectional"
         )
-        self.name = f"grit:{Path(str(model.name_or_path)).name or 'model'} ({attention})"
+        self.name = f"grit:{checkpoint_display_name(model.name_or_path or 'model')} ({attention})"
 
     def search(self, queries, documents, top_k, query_instruction="", doc_instruction=""):
         q = self.model.encode(
@@ -106,6 +106,24 @@ class GritRetriever:
             documents, instruction=doc_instruction, normalize=True, convert_to_tensor=True, **self.encode_kwargs
         )
         return _dense_top_k(q, d, top_k)
+
+
+def sentence_transformers_folder(name: str | os.PathLike) -> Path:
+    """The folder to give `SentenceTransformer` for the checkpoint `name`: its own folder, except for a known GRIT
+    model without sentence-transformers files (e.g. GritLM/GritLM-7B's layout), which a plain load would embed with
+    causal attention and the wrong pooling; that one is converted once into grit-hf's cache (`grit_checkpoint_folder`)
+    and its GRIT copy is used."""
+    folder = resolve_checkpoint(name)
+    reason = known_grit_checkpoint(folder)
+    if reason is None or (folder / "modules.json").is_file():
+        return folder
+    from ..checkpoint.conversion import grit_checkpoint_folder
+
+    logger.warning(
+        f"{name} is a GRIT model ({reason}) without sentence-transformers files: using its grit-hf conversion, "
+        "which has GRIT semantics (a plain SentenceTransformer load would be causal with other pooling)."
+    )
+    return grit_checkpoint_folder(folder)
 
 
 class SentenceTransformerRetriever:
@@ -124,8 +142,9 @@ class SentenceTransformerRetriever:
     ) -> None:
         from sentence_transformers import SentenceTransformer
 
+        name = checkpoint_display_name(model) if isinstance(model, (str, os.PathLike)) else None
         if isinstance(model, (str, os.PathLike)):
-            model = SentenceTransformer(str(resolve_checkpoint(model)), device=device)
+            model = SentenceTransformer(str(sentence_transformers_folder(model)), device=device)
         if not isinstance(model, SentenceTransformer):
             raise TypeError(f"`model` must be a SentenceTransformer or a folder, got {type(model).__name__}.")
         if max_length is not None:
@@ -133,7 +152,8 @@ class SentenceTransformerRetriever:
         self.model = model
         self.batch_size = batch_size
         self.show_progress_bar = show_progress_bar
-        self.name = f"sentence-transformers:{Path(str(model[0].auto_model.name_or_path)).name or 'model'}"
+        name = name or checkpoint_display_name(model[0].auto_model.name_or_path or "model")
+        self.name = f"sentence-transformers:{name}"
 
     def _encode(self, texts: list[str], instruction: str, prompt_name: str) -> torch.Tensor:
         config = getattr(self.model[0].auto_model, "config", None)

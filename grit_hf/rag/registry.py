@@ -19,14 +19,13 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from transformers.utils import logging
 
 from ..checkpoint.default_model import DEFAULT_MODEL_NAME
 from ..checkpoint.loading import load_model
-from ..checkpoint.resolve import DEFAULT_NAMES, is_model_name, resolve_checkpoint
+from ..checkpoint.resolve import DEFAULT_NAMES, checkpoint_display_name, is_model_name, resolve_checkpoint
 from ..modeling_gritlm import GritLMPreTrainedModel
 from .index import GritRAG
 
@@ -68,15 +67,19 @@ def check_model_argument(model: Any, name: str = "model") -> Any:
 def model_display_name(model: Any) -> str:
     """A readable name for `model` (a name, a folder or a loaded model) without loading anything."""
     if isinstance(model, GritLMPreTrainedModel):
-        return Path(str(model.name_or_path)).name if model.name_or_path else type(model).__name__
+        return checkpoint_display_name(model.name_or_path) if model.name_or_path else type(model).__name__
     if str(model) in DEFAULT_NAMES:
         return DEFAULT_MODEL_NAME + ("" if str(model) == "default" else "-base")
-    return Path(str(model)).name or str(model)
+    return checkpoint_display_name(model)
 
 
 def _check_same(entry: _Entry, load_kwargs: dict[str, Any], rag_kwargs: dict[str, Any]) -> None:
     """Raise if a later caller asks for other explicit settings than the shared instance has."""
-    requested = [("loading argument", k, v, entry.load_kwargs.get(k, _MISSING)) for k, v in load_kwargs.items()]
+    requested = [
+        ("loading argument", k, v, entry.load_kwargs.get(k, _MISSING))
+        for k, v in load_kwargs.items()
+        if k != "revision"  # part of the key: the same resolved snapshot folder is the same checkpoint
+    ]
     requested += [
         ("GritRAG argument", k, v, getattr(entry.rag, k, entry.rag_kwargs.get(k, _MISSING)))
         for k, v in rag_kwargs.items()
@@ -91,10 +94,12 @@ def _check_same(entry: _Entry, load_kwargs: dict[str, Any], rag_kwargs: dict[str
             )
 
 
-def _key(model: Any) -> str:
+def _key(model: Any, revision: str | None = None) -> str:
+    """The registry key: the model object's id, or the folder a name resolves to (a Hub name at `revision`: its
+    snapshot folder in the HF cache, so `"ORG/NAME"` and that folder share one instance, and two revisions do not)."""
     if isinstance(model, GritLMPreTrainedModel):
         return f"object:{id(model)}"
-    return f"path:{os.path.realpath(resolve_checkpoint(model))}"
+    return f"path:{os.path.realpath(resolve_checkpoint(model, revision=revision))}"
 
 
 def get_shared(
@@ -106,8 +111,10 @@ def get_shared(
     """Return the process-wide `GritRAG` for `model`, creating it on first use (thread-safe).
 
     Args:
-        model: a checkpoint (folder, Hub name, `"default"`) or a loaded `GritLMForCausalLM`. The same resolved folder,
-            or the same model object (including `get_shared(name).model`), always gives the same instance.
+        model: a checkpoint (folder, Hub name such as `"GritLM/GritLM-7B"`, `"default"`) or a loaded
+            `GritLMForCausalLM`. The same resolved folder (for a Hub name: its snapshot folder in the HF cache, at
+            `load_kwargs["revision"]`), or the same model object (including `get_shared(name).model`), always gives
+            the same instance.
         load_kwargs: keyword arguments for `grit_hf.load_model` (e.g. `{"dtype": "bfloat16"}`), used only when a
             checkpoint is loaded for the first time.
         rag_kwargs: keyword arguments for `GritRAG` (e.g. `{"cache_attention": "causal"}`), used only when the
@@ -131,7 +138,7 @@ def get_shared(
         raise ValueError(
             f"`load_kwargs` only applies to a checkpoint name, but `model` is a loaded model: {load_kwargs!r}."
         )
-    key = _key(model)
+    key = _key(model, load_kwargs.get("revision"))
     with _registry_lock:
         entry = _registry.get(key)
         key_lock = _key_locks.setdefault(key, threading.Lock())
@@ -153,10 +160,10 @@ def get_shared(
     return entry.rag
 
 
-def release_shared(model: str | os.PathLike | GritLMPreTrainedModel) -> bool:
-    """Forget the shared instance of `model`; returns whether one existed. Objects built on it keep working with the
-    instance they already hold."""
-    key = _key(check_model_argument(model))
+def release_shared(model: str | os.PathLike | GritLMPreTrainedModel, revision: str | None = None) -> bool:
+    """Forget the shared instance of `model` (a Hub name at `revision`); returns whether one existed. Objects built on
+    it keep working with the instance they already hold."""
+    key = _key(check_model_argument(model), revision)
     with _registry_lock:
         entry = _registry.get(key)
         if entry is None:

@@ -16,6 +16,7 @@ from accelerate.utils.memory import clear_device_cache
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from trl import SFTTrainer
 
+from ..checkpoint.resolve import checkpoint_display_name
 from ..checkpoint.saving import ADAPTER_GRIT_CONFIG, save_grit_checkpoint
 from ..modeling_gritlm import GritLMForCausalLM, GritLMPreTrainedModel
 from ..rag.prompts import RAGPrompts
@@ -86,8 +87,9 @@ class GRITTrainer(SFTTrainer):
     checkpoints (or PEFT adapters with `peft_config`).
 
     Args:
-        model: a `GritLMForCausalLM` (or a PEFT model around one), or a checkpoint path (`"default"` for the default
-            model; stock decoder checkpoints are wrapped).
+        model: a `GritLMForCausalLM` (or a PEFT model around one), or a checkpoint name: a folder, a Hugging Face Hub
+            name such as `"GritLM/GritLM-7B"` (read from the local HF cache when offline) or `"default"` (the
+            default model); stock decoder checkpoints are wrapped.
         args: a `GRITConfig`.
         train_dataset: the generative data (a `datasets.Dataset` or a source path); defaults to
             `args.generative_dataset`.
@@ -118,8 +120,8 @@ class GRITTrainer(SFTTrainer):
         **kwargs,
     ):
         if args is None:
-            name = model if isinstance(model, str) else getattr(model.config, "name_or_path", "") or "model"
-            args = GRITConfig(f"{os.path.basename(str(name).rstrip('/'))}-GRIT")
+            name = model if isinstance(model, (str, os.PathLike)) else getattr(model.config, "name_or_path", "")
+            args = GRITConfig(f"{checkpoint_display_name(name).split('/')[-1] if name else 'model'}-GRIT")
         elif not isinstance(args, GRITConfig):
             raise TypeError(f"`args` must be a `GRITConfig`, got {type(args).__name__}.")
         if isinstance(model, (str, os.PathLike)):

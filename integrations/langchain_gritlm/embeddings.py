@@ -23,8 +23,10 @@ class GritLMEmbeddings(UsesSharedGrit, BaseModel, Embeddings):
     Queries are embedded with `query_instruction` (the checkpoint's `default_query_instruction` when unset).
 
     Args:
-        model: a checkpoint folder, `"default"` (the offline SmolLM2-135M GRIT model) or a loaded
-            `GritLMForCausalLM`. The same path or object shares one model and one key/value store in the process.
+        model: a checkpoint folder, a Hub name such as `"GritLM/GritLM-7B"` (read from the local HF cache when
+            offline), `"default"` (the offline SmolLM2-135M GRIT model) or a loaded `GritLMForCausalLM`. The same
+            checkpoint (a Hub name and its snapshot folder alike) or object shares one model and one key/value store
+            in the process.
         query_instruction: instruction for queries; `None` uses the checkpoint's default.
         cache_documents: keep the key/value states of embedded documents for generation.
         cache_attention: attention of the cached states, `"bidirectional"` (the embedding pass's own states, as in

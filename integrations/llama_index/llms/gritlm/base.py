@@ -52,8 +52,10 @@ class GritLM(UsesSharedGrit, CustomLLM):
     `completion_tokens` and `finish_reason`). Decoding is greedy unless `temperature > 0`.
 
     Args:
-        model: a checkpoint folder, `"default"` (the offline SmolLM2-135M GRIT model) or a loaded
-            `GritLMForCausalLM`. The same path or object shares one model and one key/value store in the process.
+        model: a checkpoint folder, a Hub name such as `"GritLM/GritLM-7B"` (read from the local HF cache when
+            offline), `"default"` (the offline SmolLM2-135M GRIT model) or a loaded `GritLMForCausalLM`. The same
+            checkpoint (a Hub name and its snapshot folder alike) or object shares one model and one key/value store
+            in the process.
         max_new_tokens: maximum number of new tokens.
         temperature: sampling temperature; `None` or `0` decodes greedily.
         stop: stop sequences (the answer is cut before the first one).
@@ -71,7 +73,9 @@ class GritLM(UsesSharedGrit, CustomLLM):
     ```
     """
 
-    model: Any = Field(default="default", description="Checkpoint folder, 'default' or a loaded GritLMForCausalLM.")
+    model: Any = Field(
+        default="default", description="Checkpoint folder, Hub name, 'default' or a loaded GritLMForCausalLM."
+    )
     max_new_tokens: int = Field(default=256, gt=0, description="Maximum number of new tokens.")
     temperature: float | None = Field(default=None, ge=0, description="Sampling temperature (None/0: greedy).")
     stop: list[str] | None = Field(default=None, description="Stop sequences.")
