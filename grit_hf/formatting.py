@@ -55,12 +55,13 @@ class EmbeddingInputs:
 
 
 def tokenize_with_prefix(
-    tokenizer: PreTrainedTokenizerBase, prefix: str, texts: list[str], max_length: int
+    tokenizer: PreTrainedTokenizerBase, prefix: str, texts: list[str], max_length: int, warn: bool = True
 ) -> EmbeddingInputs:
     """Tokenize `prefix + text` for each text (special tokens added, truncated to `max_length`).
 
-    Raises `ValueError` if the prefix leaves no room for text; logs a warning (every call) naming how many texts
-    were truncated, so that no text is cut silently.
+    Raises `ValueError` if the prefix leaves no room for text; logs a warning (every call, unless `warn=False`, for
+    callers that truncate by design, such as training batches) naming how many texts were truncated, so that no text
+    is cut silently.
     """
     check_positive_int(max_length, "max_length")
     prefix_length = count_prefix_tokens(tokenizer, prefix)
@@ -75,7 +76,7 @@ def tokenize_with_prefix(
     truncated = [len(row) > max_length for row in ids]
     if any(truncated):
         too_long = [i for i, cut in enumerate(truncated) if cut]
-        logger.warning(
+        (logger.warning if warn else logger.debug)(
             f"{len(too_long)} of {len(texts)} text(s) are longer than `max_length`={max_length} tokens and were "
             "truncated."
         )

@@ -187,18 +187,19 @@ class GritLMPreTrainedModel(PreTrainedModel):
         return embeddings
 
     def tokenize_for_embedding(
-        self, texts: list[str], instruction: str = "", max_length: int = 512
+        self, texts: list[str], instruction: str = "", max_length: int = 512, warn: bool = True
     ) -> EmbeddingInputs:
         """Tokenize `texts` as `encode` does: the checkpoint's query template with `instruction` (or its document
         template when `instruction` is empty) before each text, special tokens added, truncated to `max_length`
-        (clamped to the model's position limit; truncation is logged). Texts are not type-checked here."""
+        (clamped to the model's position limit; truncation is logged unless `warn=False`). Texts are not
+        type-checked here."""
         if not isinstance(instruction, str):
             raise TypeError(f"`instruction` must be a str, got {type(instruction).__name__}.")
         check_positive_int(max_length, "max_length")
         if self.max_positions is not None and max_length > self.max_positions:
             max_length = self.max_positions
         prefix = self.config.format_query_prefix(instruction)
-        return tokenize_with_prefix(self.tokenizer, prefix, texts, max_length)
+        return tokenize_with_prefix(self.tokenizer, prefix, texts, max_length, warn=warn)
 
     @torch.inference_mode()
     def embed_inputs(

@@ -68,3 +68,47 @@ def test_default_model_generates_like_the_gguf_base(default_model):
     ids = default_model.tokenizer("The capital of France is", return_tensors="pt")
     with torch.no_grad():
         torch.testing.assert_close(default_model(**ids).logits, base(**ids).logits, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_shipped_adapter_makes_the_default_model(default_model_dir, tmp_path, monkeypatch):
+    """With a trained adapter (here a tiny random LoRA on q_proj, marked as trained for cached generation),
+    `default` is the base with the adapter merged in, built once into the cache; `default-base` stays the base."""
+    import json
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from grit_hf import GritLMConfig, GritLMForCausalLM, GritRAG, load_model
+    from grit_hf.checkpoint import default_model as module
+
+    config = GritLMConfig.from_pretrained(default_model_dir)
+    stock = AutoModelForCausalLM.from_pretrained(default_model_dir, config=config.text_config)
+    torch.manual_seed(0)
+    lora = get_peft_model(stock, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    adapter = tmp_path / "adapter"
+    lora.save_pretrained(adapter)
+    (adapter / "grit_config.json").write_text(json.dumps({"cache_attention": "bidirectional"}))
+    expected = lora.merge_and_unload().model.layers[3].self_attn.q_proj.weight.detach().clone()
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / module.DEFAULT_MODEL_NAME).symlink_to(default_model_dir, target_is_directory=True)
+    monkeypatch.setenv("GRIT_HF_HOME", str(home))
+    monkeypatch.setenv("GRIT_HF_DEFAULT_ADAPTER", str(adapter))
+    merged = default_model_path()
+    assert merged.parent == home and merged.name.startswith(f"{module.DEFAULT_MODEL_NAME}-trained-")
+    assert (merged / "modules.json").is_file()  # a full GRIT checkpoint, sentence-transformers files included
+    monkeypatch.setattr(module, "merge_adapter_checkpoint", lambda *args: pytest.fail("merged twice"))
+    assert default_model_path() == merged
+    model = load_model("default", device="cpu", dtype="float32")
+    torch.testing.assert_close(model.model.layers[3].self_attn.q_proj.weight, expected, rtol=0, atol=1e-6)
+    assert model.config.cache_attention == "bidirectional"
+    assert GritRAG(model, verify_positions=False).cache_attention == "bidirectional"  # the checkpoint's choice
+    base = GritLMForCausalLM.from_pretrained("default-base")
+    assert base.config.cache_attention == "causal"
+    assert not torch.equal(base.model.layers[3].self_attn.q_proj.weight, expected)
+    monkeypatch.setenv("GRIT_HF_DEFAULT_ADAPTER", str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="GRIT_HF_DEFAULT_ADAPTER"):
+        default_model_path()

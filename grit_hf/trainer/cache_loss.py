@@ -70,10 +70,12 @@ class CachePrompter:
         """`(key, token ids)` of every part the embedding pass computes: documents, then the query if cached."""
         layout = self.prompts.layout(example.mode, example.question, example.documents)
         keys = [f"d{item.index}" for item in layout if isinstance(item, DocumentSlot)]
-        rows = self.model.tokenize_for_embedding(example.documents, "", self.max_length).token_ids
+        rows = self.model.tokenize_for_embedding(example.documents, "", self.max_length, warn=False).token_ids
         inputs = [(key, rows[int(key[1:])]) for key in keys]
         if any(isinstance(item, QuerySlot) for item in layout):
-            query = self.model.tokenize_for_embedding([example.question], self.query_instruction, self.max_length)
+            query = self.model.tokenize_for_embedding(
+                [example.question], self.query_instruction, self.max_length, warn=False
+            )
             inputs.append(("q", query.token_ids[0]))
         return inputs
 

@@ -63,8 +63,8 @@ def tokenize_pairs(
     for index, (instruction, _) in enumerate(pairs):
         by_instruction.setdefault(instruction, []).append(index)
     for instruction, rows in by_instruction.items():
-        inputs = tokenize_with_prefix(
-            tokenizer, config.format_query_prefix(instruction), [pairs[i][1] for i in rows], max_length
+        inputs = tokenize_with_prefix(  # truncation is the point of `*_max_length` here: not warned about
+            tokenizer, config.format_query_prefix(instruction), [pairs[i][1] for i in rows], max_length, warn=False
         )
         for row, row_ids in zip(rows, inputs.token_ids):
             token_ids[row] = row_ids
