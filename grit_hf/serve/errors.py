@@ -116,7 +116,8 @@ def _validation_response(error, content_type: str) -> tuple[int, dict]:
     parts = list(fields.values())
     more = f" (and {len(parts) - 5} more)" if len(parts) > 5 else ""
     message = "Invalid request: " + "; ".join(parts[:5]) + more + "."
-    return 422, error_body(422, message, next(iter(fields)), "invalid_type")
+    deepest = max(fields, key=lambda where: where.count(".") + where.count("["))  # a union's most precise member
+    return 422, error_body(422, message, deepest, "invalid_type")
 
 
 def install_error_handlers(app) -> None:

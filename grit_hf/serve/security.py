@@ -31,7 +31,7 @@ class GuardMiddleware:
         app: the ASGI app.
         api_key: the key clients must send as `Authorization: Bearer KEY` (`None`: no authentication).
         max_body_bytes: the largest request body.
-        body_timeout: seconds the client has to send each part of the body.
+        body_timeout: seconds the client has to send the whole body.
     """
 
     def __init__(self, app, api_key: str | None, max_body_bytes: int, body_timeout: float):
@@ -63,13 +63,14 @@ class GuardMiddleware:
             if int(declared) > self.max_body_bytes:
                 return await send_error(send, 413, self._too_large(int(declared)), "request_too_large")
         received, complete = 0, False
+        deadline = asyncio.get_running_loop().time() + self.body_timeout  # for the whole body, not each part
 
         async def guarded_receive():
             nonlocal received, complete
             if complete:  # e.g. waiting for the client to disconnect: no deadline
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), self.body_timeout)
+                message = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
             except TimeoutError:
                 raise HTTPError(408, "The request body did not arrive in time.", "request_timeout") from None
             if message["type"] == "http.request":

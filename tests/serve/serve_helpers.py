@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["API_KEY", "SMALL_LIMITS", "RunningServer", "free_port", "start_server"]
+__all__ = ["API_KEY", "SMALL_LIMITS", "RunningServer", "free_port", "start_server", "slow_generation"]
 
 API_KEY = "test-key"
 
@@ -81,3 +81,30 @@ SMALL_LIMITS = [
     "--max-documents", "64",
     "--request-timeout", "60",
 ]  # fmt: skip
+
+
+def slow_generation(monkeypatch, running: RunningServer, delay: float) -> threading.Event:
+    """Make every text piece of the server's generations take `delay` more seconds (for limits, timeouts and
+    disconnects that must not depend on the machine's speed); returns an event set when a stream is closed."""
+    from grit_hf.rag.decoding import GenerationStream
+
+    rag = running.state.rag
+    real = rag.generate
+    closed = threading.Event()
+
+    def generate(*args, **kwargs):
+        stream = real(*args, **kwargs)
+
+        def pieces():
+            try:
+                for piece in stream:
+                    time.sleep(delay)
+                    yield piece
+            finally:
+                stream.close()
+                closed.set()
+
+        return GenerationStream(pieces(), stream.result)
+
+    monkeypatch.setattr(rag, "generate", generate)
+    return closed
