@@ -334,6 +334,14 @@ def markdown(report: dict) -> str:
         lines.append(f"- {info['server']}: {info['index_documents_s']:.2f} s{extra}")
     if report.get("skipped"):
         lines += ["", f"Skipped (time budget): {', '.join(report['skipped'])}"]
+    lines += [
+        "",
+        "Notes: grit-hf runs the float32 checkpoint with PyTorch, llama.cpp a 4-bit GGUF (Q4_1) with its own kernels;",
+        "decoding on a CPU is bound by reading the weights, so per-token speed mostly reflects the weights' size.",
+        "Both servers run one forward pass at a time (grit-hf interleaves concurrent streams token by token and",
+        "micro-batches embeddings; llama.cpp's Python server serialises whole requests). With 4 to 8 requests per",
+        "point, p99 is close to the maximum. llama.cpp's embeddings are not normalised: the client normalises them.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -343,6 +351,7 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    colors = {"grit-hf": "tab:blue", "llama.cpp": "tab:orange"}
     flows = list(dict.fromkeys(row["flow"] for row in report["results"]))
     groups = [["embeddings"], ["chat"], [f for f in flows if f.startswith("rag")]]
     groups = [[f for f in group if f in flows] for group in groups]
@@ -358,8 +367,10 @@ def plot(report: dict, path: Path) -> None:
                 if not rows:
                     continue
                 x = [r["concurrency"] for r in rows]
-                line = axis.plot(x, [r["p50_ms"] for r in rows], marker="o", label=f"{server}: {flow} p50")[0]
-                axis.plot(x, [r["p99_ms"] for r in rows], ls="--", color=line.get_color(), alpha=0.6)
+                color = "tab:purple" if flow == "rag (no cache)" else colors.get(server)
+                label = f"{server}: {flow} p50"
+                axis.plot(x, [r["p50_ms"] for r in rows], marker="o", color=color, label=label)
+                axis.plot(x, [r["p99_ms"] for r in rows], ls="--", color=color, alpha=0.6)
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
         axis.set_xlabel("concurrent clients")

@@ -45,6 +45,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     store.add_argument("--cache-dir", default=None, help="keep states on disk here (the memory store fronts it)")
     store.add_argument("--cache-attention", choices=["causal", "bidirectional"], default=None)
     store.add_argument(
+        "--decode-cache",
+        choices=["preallocated", "dynamic", "static"],
+        default=None,
+        help="decode cache (GPU: static)",
+    )
+    store.add_argument(
+        "--compile", action="store_true", help="torch.compile decoding (CUDA with --decode-cache static)"
+    )
+    store.add_argument(
         "--no-cache-embeddings",
         dest="cache_embeddings",
         action="store_false",
@@ -100,6 +109,7 @@ def build_app(args: argparse.Namespace, model=None):
     else:
         store = MemoryKVStore(max_bytes=args.cache_bytes)
     rag_kwargs = dict(store=store, max_length=limits.max_input_tokens + 512, cache_attention=args.cache_attention)
+    rag_kwargs.update(decode_cache=args.decode_cache, compile=args.compile or None)
     source = model if model is not None else args.model
     load_kwargs = None if model is not None else dict(device=args.device, dtype=args.dtype, revision=args.revision)
     rag = get_shared(source, load_kwargs=load_kwargs, rag_kwargs=rag_kwargs)
