@@ -132,7 +132,13 @@ def build_server(args: argparse.Namespace, model=None):
         logger.warning(f"Listening on {args.host} without an API key: anyone who can reach it may use the model.")
     app = build_app(args, model)
     config = uvicorn.Config(
-        app, host=args.host, port=args.port, log_level=args.log_level, timeout_keep_alive=5, access_log=False
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=10,  # then open streams are cancelled, which stops their generations
+        access_log=False,
     )
     return uvicorn.Server(config)
 

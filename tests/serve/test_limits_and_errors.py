@@ -8,6 +8,7 @@ import json
 import socket
 import threading
 import time
+from urllib.parse import quote
 
 import httpx
 import openai
@@ -244,3 +245,16 @@ def test_unknown_routes_methods_and_content_types(server):
     _error(response, 400, "invalid_json")
     ignored = _post(server, "/v1/embeddings", {"input": "a", "user": "u1", "something_new": 1})
     assert ignored.status_code == 200
+
+
+def test_nothing_in_a_request_names_a_file(server, tmp_path):
+    """The model is fixed at start (a path is just an unknown model name); document ids are opaque keys."""
+    for name in ("/etc/passwd", str(tmp_path), "../default"):
+        _error(_post(server, "/v1/embeddings", {"model": name, "input": "a"}), 404, "model_not_found")
+    doc_id = "../../../tmp/not-a-file"
+    added = _post(server, "/v1/documents", {"documents": [{"id": doc_id, "text": "A document with an odd id."}]})
+    assert added.status_code == 200 and added.json()["data"][0]["id"] == doc_id
+    url = f"{server.base_url}/v1/documents/{quote(doc_id, safe='')}"  # clients encode odd ids
+    assert httpx.get(url, headers=server.headers()).json()["id"] == doc_id
+    assert httpx.delete(url, headers=server.headers()).json()["deleted"] is True
+    assert not (tmp_path / "not-a-file").exists()
