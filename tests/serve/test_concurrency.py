@@ -94,7 +94,7 @@ def test_a_client_that_goes_away_stops_its_generation(open_server, monkeypatch, 
         assert next(lines).startswith("data: ")  # the role chunk
         assert '"content"' in next(lines)
         assert open_server.state.slots.active == 1
-    assert closed.wait(1.0), "the generation did not stop when its client went away"
+    assert closed.wait(3.0), "the generation did not stop when its client went away"
     deadline = time.monotonic() + 1.0
     while open_server.state.slots.active and time.monotonic() < deadline:
         time.sleep(0.01)

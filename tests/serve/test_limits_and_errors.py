@@ -111,26 +111,35 @@ def test_concurrent_generations_beyond_the_limit_get_429(open_server, monkeypatc
 def test_a_full_embedding_queue_gets_429(open_server, monkeypatch):
     batcher = open_server.state.batcher
     real = batcher.embed_fn
+    running, release = threading.Event(), threading.Event()
 
-    def slow(key, texts):
-        time.sleep(0.5)
+    def blocking_once(key, texts):
+        if not running.is_set():
+            running.set()
+            release.wait(5)
         return real(key, texts)
 
-    monkeypatch.setattr(batcher, "embed_fn", slow)
-    statuses = []
+    monkeypatch.setattr(batcher, "embed_fn", blocking_once)
 
-    def embed(i: int) -> None:
-        response = _post(open_server, "/v1/embeddings", {"input": [f"text {i} {j}" for j in range(4)], "cache": False})
-        statuses.append(response.status_code)
-        if response.status_code == 429:
-            _error(response, 429, "queue_full")
+    def embed(texts: list[str], results: list) -> None:
+        results.append(_post(open_server, "/v1/embeddings", {"input": texts, "cache": False}))
 
-    threads = [threading.Thread(target=embed, args=(i,)) for i in range(7)]
-    for thread in threads:
-        thread.start()
+    results: list[httpx.Response] = []
+    threads = [threading.Thread(target=embed, args=(["the first batch"], results))]
+    threads[0].start()
+    assert running.wait(5)  # the worker is busy: what comes next waits in the queue
+    for i in range(4):
+        threads.append(threading.Thread(target=embed, args=([f"text {i} {j}" for j in range(4)], results)))
+        threads[-1].start()
+    deadline = time.monotonic() + 1.5
+    while batcher.queued < 16 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert batcher.queued == 16  # the queue's limit
+    _error(_post(open_server, "/v1/embeddings", {"input": ["one text too many"], "cache": False}), 429, "queue_full")
+    release.set()
     for thread in threads:
         thread.join()
-    assert 429 in statuses and 200 in statuses
+    assert [response.status_code for response in results] == [200] * 5
 
 
 def test_the_index_keeps_at_most_max_documents(open_server):
