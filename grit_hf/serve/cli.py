@@ -145,7 +145,7 @@ def build_server(args: argparse.Namespace, model=None):
 
 def run(args: argparse.Namespace) -> int:
     server = build_server(args)
-    name = args.app_state_name = server.config.app.state.grit.settings.model_name
+    name = server.config.app.state.grit.settings.model_name
     print(f"grit-hf serve: {name} on http://{args.host}:{args.port}/v1", flush=True)
     server.run()
     return 0
