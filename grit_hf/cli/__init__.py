@@ -6,6 +6,7 @@
 | `convert`, `embed`, `generate`, `demo` | `grit_hf.cli.model_commands` |
 | `eval-retrieval`, `eval-rag` | `grit_hf.cli.evaluate` |
 | `train` | `grit_hf.train` (a TRL-style script, also `accelerate launch -m grit_hf.train`) |
+| `serve` | `grit_hf.serve.cli` (the OpenAI-compatible server) |
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import sys
 import time
 
+from ..serve import cli as serve_cli
 from . import evaluate, model_commands
 
 __all__ = ["main", "make_parser"]
@@ -27,6 +29,7 @@ def make_parser() -> argparse.ArgumentParser:
     model_commands.add_parsers(subparsers)
     evaluate.add_parsers(subparsers)
     train.add_parser(subparsers)
+    serve_cli.add_parser(subparsers)
     return parser
 
 

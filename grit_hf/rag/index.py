@@ -240,6 +240,27 @@ class GritRAG:
                     self.store.delete(doc_id)
             raise
 
+    def remove_documents(self, ids: Sequence[str]) -> list[str]:
+        """Forget indexed documents: their texts, embeddings and stored states. Unknown ids are ignored.
+
+        Returns:
+            The ids that were indexed (and are now removed), in the order given.
+        """
+        ids = check_str_list(ids, "ids")
+        with self.lock:
+            removed = [doc_id for doc_id in dict.fromkeys(ids) if doc_id in self._texts]
+            if not removed:
+                return []
+            gone = set(removed)
+            keep = [row for row, doc_id in enumerate(self._ids) if doc_id not in gone]
+            self._ids = [self._ids[row] for row in keep]
+            self._embeddings = self._embeddings[keep]
+            for doc_id in removed:
+                del self._texts[doc_id]
+                self._uncached.discard(doc_id)
+                self.store.delete(doc_id)
+        return removed
+
     @property
     def doc_ids(self) -> list[str]:
         """Ids of the indexed documents."""

@@ -345,6 +345,19 @@ def test_add_documents_replaces_and_assigns_ids(model):
     assert rag._embeddings.shape[0] == 2
 
 
+def test_remove_documents_forgets_texts_embeddings_and_states(model):
+    rag = GritRAG(model, cache_attention="causal")
+    rag.add_documents(DOCS, ids=["paris", "berlin", "photo"])
+    kept = rag.get_embeddings(["photo"])
+    assert rag.remove_documents(["berlin", "nope", "berlin"]) == ["berlin"]
+    assert rag.doc_ids == ["paris", "photo"] and "berlin" not in rag.store
+    assert torch.equal(rag.get_embeddings(["photo"]), kept) and rag._embeddings.shape[0] == 2
+    assert rag.split_prompt(f"Context: {DOCS[1]}") == [f"Context: {DOCS[1]}"]
+    with pytest.raises(ValueError, match="Unknown document"):
+        rag.get_text("berlin")
+    assert rag.remove_documents([]) == []
+
+
 def test_input_errors(causal_rag, model):
     with pytest.raises(ValueError, match="`cache_attention`"):
         GritRAG(model, cache_attention="sideways")

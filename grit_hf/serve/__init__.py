@@ -1,0 +1,34 @@
+"""`grit-hf serve`: an OpenAI-compatible HTTP server in which one GRIT model embeds and generates, and chats reuse the
+key/value states cached while documents were embedded.
+
+Endpoints:
+
+| endpoint | what |
+|---|---|
+| `GET /health` | liveness (no authentication) |
+| `GET /metrics` | Prometheus metrics (`grit_hf.serve.metrics`) |
+| `GET /v1/models`, `GET /v1/models/{id}` | the one served model |
+| `POST /v1/embeddings` | OpenAI's embeddings; extensions `input_type`, `instruction`, `cache` (`grit_hf.serve.embeddings`) |
+| `POST /v1/chat/completions` | OpenAI's chat completions, streamed or not; extensions `documents`, `reuse_cache`, `ignore_eos` |
+| `POST /v1/documents` | index documents `{"documents": [{"id"?, "text"}]}` (kept until deleted) |
+| `GET /v1/documents`, `GET/DELETE /v1/documents/{id}` | list, read, delete indexed documents |
+
+Errors use OpenAI's error JSON (`grit_hf.serve.errors`); limits are in `grit_hf.serve.limits.Limits`.
+Needs the `serve` extra: `pip install "grit-hf[serve]"`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["create_app", "Limits", "ServerSettings"]
+
+_EXPORTS = {"create_app": ".app", "Limits": ".limits", "ServerSettings": ".state"}
+
+
+def __getattr__(name: str) -> Any:  # lazy: `grit-hf --help` must not import FastAPI
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

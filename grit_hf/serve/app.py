@@ -1,0 +1,58 @@
+"""The FastAPI app of `grit-hf serve`: one model and one key/value store behind OpenAI's embeddings and chat
+endpoints (see `grit_hf.serve` for the endpoints and extensions)."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from ..rag.index import GritRAG
+from . import chat, embeddings, routes
+from .errors import install_error_handlers
+from .limits import Limits
+from .metrics import MetricsMiddleware
+from .security import GuardMiddleware
+from .state import ServerSettings, ServerState
+
+__all__ = ["create_app"]
+
+
+def create_app(rag: GritRAG, settings: ServerSettings, limits: Limits | None = None) -> FastAPI:
+    """The app serving `rag` (its model and key/value store) with `settings` and `limits`.
+
+    The state (batcher thread, generation threads) starts with the app and stops with its lifespan; the app's
+    `state.grit` holds it (`ServerState`).
+    """
+    limits = limits if limits is not None else Limits()
+    state = ServerState(rag, settings, limits)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        try:
+            yield
+        finally:
+            state.close()
+
+    app = FastAPI(
+        title="grit-hf",
+        summary="OpenAI-style embeddings and chat from one GRIT model, sharing cached document states.",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+    )
+    app.state.grit = state
+    install_error_handlers(app)
+    app.include_router(routes.router)
+    app.include_router(embeddings.router)
+    app.include_router(chat.router)
+    # the last added is the outermost: metrics see every request, refused ones included
+    app.add_middleware(
+        GuardMiddleware,
+        api_key=settings.api_key,
+        max_body_bytes=limits.max_body_bytes,
+        body_timeout=limits.request_timeout,
+    )
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    return app

@@ -1,0 +1,169 @@
+"""The server's document index: which indexed documents came from `/v1/embeddings` (cached automatically, forgotten
+oldest first when the index is full) and which from `/v1/documents` (kept until deleted), on top of the shared
+`GritRAG` (texts, embeddings, key/value states in its store).
+
+One entry per text: a text indexed through `/v1/documents` under an id of the client's choice is not indexed again by
+`/v1/embeddings` (its stored embedding is returned), and replaces an automatic entry of the same text.
+
+Index changes (adding, evicting, deleting) are serialised by one lock; the model's forward passes inside them take the
+model's lock one at a time, so chats keep decoding meanwhile. Removing a document takes the model's lock, which a chat
+also holds while it finds documents in its prompt and composes it, so a chat never sees half a removal.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from ..rag.index import MIN_CACHED_CHARS, GritRAG, document_id
+from .errors import APIError
+
+__all__ = ["DocumentIndex"]
+
+
+class DocumentIndex:
+    """Bookkeeping of the documents of one server.
+
+    Args:
+        rag: the shared `GritRAG`.
+        max_documents: most documents in the index.
+    """
+
+    def __init__(self, rag: GritRAG, max_documents: int):
+        self.rag = rag
+        self.max_documents = max_documents
+        self._automatic: OrderedDict[str, None] = OrderedDict()  # least recently embedded first
+        self._pinned: dict[str, str] = {}  # id -> document_id(text)
+        self._pinned_texts: dict[str, str] = {}  # document_id(text) -> id
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.rag.doc_ids)
+
+    # -- adding ------------------------------------------------------------------------------------------------------
+    def embed_and_cache(self, texts: list[str]) -> np.ndarray:
+        """Embed documents for `/v1/embeddings`, indexing them and caching their states (`(n, dim)` float32).
+        Texts embedded before are not recomputed; the oldest automatic documents make room when the index is full."""
+        with self._lock:
+            ids = [self._pinned_texts.get(key, key) for key in map(document_id, texts)]
+            new = [text for text, doc_id in zip(texts, ids) if doc_id not in self._pinned]
+            if new:
+                self.rag.add_documents(new)
+            vectors = self.rag.get_embeddings(ids).numpy()
+            for doc_id in ids:
+                if doc_id not in self._pinned:
+                    self._automatic[doc_id] = None
+                    self._automatic.move_to_end(doc_id)
+            self._evict()
+        return vectors
+
+    def add(self, texts: list[str], ids: list[str | None]) -> list[str]:
+        """Index documents for `/v1/documents` (ids default to `document_id(text)`); kept until deleted."""
+        ids = [document_id(text) if doc_id is None else doc_id for text, doc_id in zip(texts, ids)]
+        seen: dict[str, str] = {}
+        for index, (doc_id, text) in enumerate(zip(ids, texts)):
+            if not doc_id:
+                raise APIError(400, "Document ids must be non-empty strings.", f"documents[{index}].id")
+            if seen.setdefault(doc_id, text) != text:
+                raise APIError(400, f"The id {doc_id!r} is given to two different texts.", f"documents[{index}].id")
+        with self._lock:
+            count = len(set(self._pinned) | set(ids))
+            if count > self.max_documents:
+                raise APIError(
+                    400,
+                    f"The index would hold {count} documents added through /v1/documents; the server keeps at "
+                    f"most {self.max_documents}. Delete some first.",
+                    "documents",
+                    "index_full",
+                )
+            self.rag.add_documents(texts, ids=ids)
+            for doc_id, text in zip(ids, texts):
+                self._unpin(doc_id)
+                key = self._pinned[doc_id] = document_id(text)
+                self._pinned_texts[key] = doc_id
+                self._automatic.pop(doc_id, None)
+                if key != doc_id and key in self._automatic:  # the same text, indexed automatically before
+                    del self._automatic[key]
+                    self.rag.remove_documents([key])
+            self._evict()
+        return ids
+
+    def _unpin(self, doc_id: str) -> None:
+        key = self._pinned.pop(doc_id, None)
+        if key is not None and self._pinned_texts.get(key) == doc_id:
+            del self._pinned_texts[key]
+
+    def _evict(self) -> None:
+        excess = len(self.rag.doc_ids) - self.max_documents
+        if excess > 0:
+            victims = list(self._automatic)[:excess]
+            self.rag.remove_documents(victims)
+            for doc_id in victims:
+                del self._automatic[doc_id]
+
+    # -- reading and deleting ----------------------------------------------------------------------------------------
+    def check_known(self, ids: list[str], param: str) -> None:
+        """404 naming the first id that is not indexed."""
+        known = set(self.rag.doc_ids)
+        for index, doc_id in enumerate(ids):
+            if doc_id not in known:
+                raise APIError(
+                    404,
+                    f"No document has the id {doc_id!r}: index it first (POST /v1/documents or /v1/embeddings).",
+                    f"{param}[{index}]",
+                    "document_not_found",
+                )
+
+    def text(self, doc_id: str) -> str:
+        self.check_known([doc_id], "id")
+        return self.rag.get_text(doc_id)
+
+    def describe(self, doc_id: str, with_text: bool = False) -> dict[str, Any]:
+        """The `document` object of an indexed document."""
+        text = self.rag.get_text(doc_id)
+        info = {
+            "id": doc_id,
+            "object": "document",
+            "source": "documents" if doc_id in self._pinned else "embeddings",
+            "characters": len(text),
+            "states_cached": doc_id in self.rag.store,
+            "spliceable": len(text) >= MIN_CACHED_CHARS,
+        }
+        if with_text:
+            info["text"] = text
+        return info
+
+    def list(self, limit: int, after: str | None) -> dict[str, Any]:
+        """OpenAI's list object of the indexed documents, oldest first, from after the id `after`."""
+        ids = self.rag.doc_ids
+        start = 0
+        if after is not None:
+            if after not in ids:
+                raise APIError(404, f"No document has the id {after!r}.", "after", "document_not_found")
+            start = ids.index(after) + 1
+        page = ids[start : start + limit]
+        data = []
+        for doc_id in page:
+            try:
+                data.append(self.describe(doc_id))
+            except ValueError:  # removed meanwhile
+                continue
+        return {
+            "object": "list",
+            "data": data,
+            "first_id": page[0] if page else None,
+            "last_id": page[-1] if page else None,
+            "has_more": start + limit < len(ids),
+        }
+
+    def delete(self, doc_id: str) -> dict[str, Any]:
+        """Forget a document (text, embedding, states); 404 if it is not indexed."""
+        with self._lock:
+            if not self.rag.remove_documents([doc_id]):
+                raise APIError(404, f"No document has the id {doc_id!r}.", "id", "document_not_found")
+            self._unpin(doc_id)
+            self._automatic.pop(doc_id, None)
+        return {"id": doc_id, "object": "document.deleted", "deleted": True}

@@ -1,0 +1,111 @@
+"""What one server holds: the shared `GritRAG`, its settings and limits, the embedding batcher, the generation slots
+and worker threads, the document index and the metrics (`ServerState`, kept in `app.state.grit`)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from fastapi import Request
+
+from ..rag.index import GritRAG
+from .batching import EmbeddingBatcher
+from .documents import DocumentIndex
+from .errors import APIError
+from .limits import GenerationSlots, Limits
+from .metrics import Metrics
+
+__all__ = ["ServerSettings", "ServerState", "get_state"]
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How the server behaves (its limits are in `Limits`).
+
+    Attributes:
+        model_name: the model id clients name (`/v1/models`); requests naming another get 404.
+        api_key: the Bearer key every endpoint but `/health` needs (`None`: none).
+        cache_embeddings: whether `/v1/embeddings` indexes documents and keeps their states by default (a request's
+            `cache` field overrides it).
+        batch_size: texts per call of the embedding batcher (at most, unless one request holds more).
+        batch_wait: seconds the batcher waits for more requests after the first.
+    """
+
+    model_name: str
+    api_key: str | None = None
+    cache_embeddings: bool = True
+    batch_size: int = 64
+    batch_wait: float = 0.002
+
+
+class ServerState:
+    """The objects behind one app (see the module docstring)."""
+
+    def __init__(self, rag: GritRAG, settings: ServerSettings, limits: Limits):
+        self.rag, self.settings, self.limits = rag, settings, limits
+        self.metrics = Metrics()
+        self.documents = DocumentIndex(rag, limits.max_documents)
+        self.slots = GenerationSlots(limits.max_concurrent_generations)
+        self.executor = ThreadPoolExecutor(limits.max_concurrent_generations, thread_name_prefix="grit-hf-generate")
+        self.batcher = EmbeddingBatcher(
+            self._embed,
+            max_batch=settings.batch_size,
+            max_wait=settings.batch_wait,
+            max_queued=limits.max_queued_inputs,
+            on_batch=self.metrics.batch_size.observe,
+        )
+        self.created = int(time.time())
+        m = self.metrics
+        m.active_generations.set_function(lambda: self.slots.active)
+        m.queued_inputs.set_function(lambda: self.batcher.queued)
+        m.documents.set_function(lambda: len(self.documents))
+        m.store_bytes.set_function(lambda: getattr(rag.store, "nbytes", 0))
+
+    @property
+    def dimension(self) -> int:
+        return self.rag.model.config.text_config.hidden_size
+
+    def _embed(self, key: Hashable, texts: list[str]) -> np.ndarray:
+        """The batcher's model call: `("document", cache)` or `("query", instruction)`."""
+        kind, value = key
+        if kind == "document" and value:
+            return self.documents.embed_and_cache(texts)
+        instruction = "" if kind == "document" else value
+        return self.rag.embed(texts, instruction=instruction).numpy()
+
+    def check_model(self, name: str | None) -> None:
+        """404 unless `name` is the served model (or not given)."""
+        if name is not None and name != self.settings.model_name:
+            raise APIError(
+                404,
+                f"The model {name!r} does not exist here: this server serves {self.settings.model_name!r} "
+                "(GET /v1/models).",
+                "model",
+                "model_not_found",
+            )
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens of each text, without special tokens or templates (what `usage` reports)."""
+        if not texts:
+            return []
+        return [len(ids) for ids in self.rag.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def deadline(self) -> float:
+        """The `time.monotonic()` by which a request starting now must be done."""
+        return time.monotonic() + self.limits.request_timeout
+
+    async def in_thread(self, function, *args):
+        """Run blocking work (tokenizing, indexing) in the default thread pool."""
+        return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+
+    def close(self) -> None:
+        self.batcher.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def get_state(request: Request) -> ServerState:
+    return request.app.state.grit

@@ -1,0 +1,29 @@
+"""`benchmarks/serve_load.py --smoke`: `grit-hf serve` started as its own process by the command line, loaded by
+concurrent clients on every flow (embeddings, chat, RAG with and without cached states), with no errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_serve_load_smoke_run(tmp_path):
+    spec = importlib.util.spec_from_file_location("serve_load", REPO / "benchmarks" / "serve_load.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["serve_load"] = module
+    spec.loader.exec_module(module)
+    assert module.main(["--smoke", "--concurrency", "1", "2", "--output", str(tmp_path / "smoke")]) == 0
+    report = json.loads((tmp_path / "smoke.json").read_text())
+    rows = {(row["flow"], row["concurrency"]): row for row in report["results"]}
+    assert set(rows) == {
+        (flow, n) for flow in ("embeddings", "chat", "rag (cached)", "rag (no cache)") for n in (1, 2)
+    }
+    assert all(row["errors"] == 0 and row["requests"] == 2 * row["concurrency"] for row in rows.values())
+    assert rows["rag (cached)", 2]["mean_cached_tokens"] > 0 and rows["rag (no cache)", 2]["mean_cached_tokens"] == 0
+    assert (tmp_path / "smoke.png").stat().st_size > 0 and "| rag (cached) | grit-hf |" in (
+        tmp_path / "smoke.md"
+    ).read_text()

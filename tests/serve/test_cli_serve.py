@@ -1,0 +1,55 @@
+"""`grit-hf serve`'s command line: loopback by default, the API key from the flag or the environment, limits from
+flags, and a warning when listening beyond the loopback without a key."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from grit_hf.cli import make_parser
+from grit_hf.serve.cli import API_KEY_ENV, _is_loopback, build_server
+
+
+def test_defaults_listen_on_the_loopback_only():
+    args = make_parser().parse_args(["serve"])
+    assert (args.model, args.host, args.port, args.api_key) == ("default", "127.0.0.1", 8000, None)
+    assert args.cache_embeddings and args.max_concurrent_generations == 8
+    help_text = make_parser()._subparsers._group_actions[0].choices["serve"].format_help()
+    assert "--api-key" in help_text and API_KEY_ENV in help_text and "--max-input-tokens" in help_text
+    assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
+    assert not _is_loopback("0.0.0.0") and not _is_loopback("example.org")
+
+
+@pytest.fixture
+def tiny_model(grit_checkpoint):
+    from grit_hf import GritLMForCausalLM
+    from grit_hf.rag import release_shared
+
+    model = GritLMForCausalLM.from_pretrained(grit_checkpoint("llama")).eval()
+    yield model
+    release_shared(model)
+
+
+def test_key_from_the_environment_limits_from_flags_and_a_warning_beyond_the_loopback(tiny_model, monkeypatch, caplog):
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    argv = ["serve", "--host", "0.0.0.0", "--max-inputs", "3", "--request-timeout", "7.5", "--no-cache-embeddings"]
+    with caplog.at_level(logging.WARNING, logger="grit_hf.serve"):
+        server = build_server(make_parser().parse_args(argv), model=tiny_model)
+    assert "without an API key" in caplog.text
+    state = server.config.app.state.grit
+    assert state.settings.api_key is None and not state.settings.cache_embeddings
+    assert state.limits.max_inputs == 3 and state.limits.request_timeout == 7.5
+    assert server.config.host == "0.0.0.0"
+    state.close()
+
+    from grit_hf.rag import release_shared
+
+    release_shared(tiny_model)
+    monkeypatch.setenv(API_KEY_ENV, "from-env")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="grit_hf.serve"):
+        server = build_server(make_parser().parse_args(["serve", "--host", "0.0.0.0"]), model=tiny_model)
+    assert "without an API key" not in caplog.text
+    assert server.config.app.state.grit.settings.api_key == "from-env"
+    server.config.app.state.grit.close()
