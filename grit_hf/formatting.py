@@ -18,6 +18,9 @@ __all__ = [
     "EmbeddingInputs",
     "count_prefix_tokens",
     "tokenize_with_prefix",
+    "count_suffix_tokens",
+    "special_tokens_around_text",
+    "truncate_ids",
     "pad_right",
     "length_sorted_batches",
     "pad_token_id",
@@ -80,12 +83,42 @@ def tokenize_with_prefix(
             f"{len(too_long)} of {len(texts)} text(s) are longer than `max_length`={max_length} tokens and were "
             "truncated."
         )
-        cut = tokenizer(
-            [prefix + texts[i] for i in too_long], add_special_tokens=True, truncation=True, max_length=max_length
-        )["input_ids"]
-        for i, row in zip(too_long, cut):
-            ids[i] = row
+        suffix = count_suffix_tokens(tokenizer)
+        for i in too_long:
+            ids[i] = truncate_ids(ids[i], max_length, suffix)
     return EmbeddingInputs(ids, prefix_length, truncated)
+
+
+def special_tokens_around_text(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after any text (e.g. `([BOS], [])` for Llama,
+    `([BOS], [EOS])` for tokenizers that also append EOS, `([], [])` for GPT-2), found around a probe text."""
+    probe = "grit"
+    bare = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return full[:start], full[start + len(bare) :]
+    # the special tokens change the text's own tokens (rare): count leading ones as the reference counts a prefix
+    ids = tokenizer("", add_special_tokens=True)["input_ids"]
+    return ids[: count_prefix_tokens(tokenizer, "")], []
+
+
+def count_suffix_tokens(tokenizer: PreTrainedTokenizerBase) -> int:
+    """How many special tokens the tokenizer appends after any text (e.g. 1 for a trailing `[EOS]`)."""
+    return len(special_tokens_around_text(tokenizer)[1])
+
+
+def truncate_ids(ids: list[int], max_length: int, suffix: int) -> list[int]:
+    """`ids` cut to `max_length` as a right-truncating tokenizer cuts them with `truncation=True`: the trailing
+    `suffix` special tokens are kept and the end of the text before them is cut (never the instruction prefix).
+
+    Why by hand: a fast tokenizer's `truncation=True` switches truncation on in the shared Rust backend for the call
+    and a later call switches it off, so two threads tokenizing at once (the server, async integrations) could cut a
+    text that was not meant to be cut, or fail with "Already borrowed". Cutting the ids here leaves the backend alone.
+    """
+    if len(ids) <= max_length:
+        return ids
+    return ids[: max_length - suffix] + ids[len(ids) - suffix :]
 
 
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:

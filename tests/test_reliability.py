@@ -12,6 +12,7 @@ import torch
 import grit_hf.cache.disk as disk_module
 from grit_hf import GritLMForCausalLM, GritRAG, chat
 from grit_hf.cache import DiskKVStore
+from grit_hf.formatting import count_suffix_tokens, tokenize_with_prefix
 
 DOCS = [
     "The capital of France is Paris. Paris is a city on the Seine.",
@@ -65,6 +66,63 @@ def test_threads_mixing_encode_and_chat_give_the_sequential_results(model):
     assert all(value == expected_answers for value in answers.values())
     assert (hasattr(config, "is_causal"), getattr(config, "is_causal", None)) == flag_before
     assert chat(model, texts[0], max_new_tokens=6, ignore_eos=True) == expected_answers[0]
+
+
+def _tokenizer_with_eos():
+    """A tokenizer that wraps every text in `<s> ... </s>` (like the instruction-tuned families that append EOS)."""
+    from tokenizers import processors
+
+    from tests.tiny import make_tokenizer
+
+    tokenizer = make_tokenizer(add_bos=True)
+    backend = tokenizer.backend_tokenizer
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>",
+        special_tokens=[("<s>", backend.token_to_id("<s>")), ("</s>", backend.token_to_id("</s>"))],
+    )
+    return tokenizer
+
+
+@pytest.mark.parametrize("kind", ["bos", "none", "bos_eos"])
+def test_hand_truncation_cuts_as_the_tokenizer_does(kind):
+    from tests.tiny import make_tokenizer
+
+    tokenizer = _tokenizer_with_eos() if kind == "bos_eos" else make_tokenizer(add_bos=kind == "bos")
+    prefix = "<|embed|>\n"
+    texts = [doc * 4 for doc in DOCS] + ["short"]
+    ours = tokenize_with_prefix(tokenizer, prefix, texts, max_length=20, warn=False).token_ids
+    reference = tokenizer([prefix + t for t in texts], truncation=True, max_length=20)["input_ids"]
+    assert ours == reference
+    assert count_suffix_tokens(tokenizer) == (1 if kind == "bos_eos" else 0)
+
+
+def test_threads_tokenizing_long_and_short_texts_give_the_serial_results():
+    """A fast tokenizer's own `truncation=True` switches truncation on in the shared backend: a thread tokenizing
+    short texts at the same time could find its texts cut (or fail with "Already borrowed")."""
+    tokenizer = _tokenizer_with_eos()
+    long_texts, short_texts = [doc * 8 for doc in DOCS], DOCS
+    expected_long = tokenize_with_prefix(tokenizer, "", long_texts, max_length=16, warn=False).token_ids
+    expected_short = tokenize_with_prefix(tokenizer, "", short_texts, max_length=4096).token_ids
+    results, errors = [], []
+
+    def work(long: bool) -> None:
+        try:
+            for _ in range(200):
+                if long:
+                    results.append(
+                        tokenize_with_prefix(tokenizer, "", long_texts, 16, warn=False).token_ids == expected_long
+                    )
+                else:
+                    results.append(tokenize_with_prefix(tokenizer, "", short_texts, 4096).token_ids == expected_short)
+        except Exception as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i % 2 == 0,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(results) == 1200 and all(results)
 
 
 def test_a_full_disk_leaves_the_index_as_it_was(model, tmp_path, monkeypatch):

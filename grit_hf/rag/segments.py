@@ -17,7 +17,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..cache.states import KVStates
-from ..formatting import count_prefix_tokens
+from ..formatting import special_tokens_around_text
 
 __all__ = ["CachedSegment", "Segment", "Part", "special_prefix", "strip_prefix_end", "resolve_segments"]
 
@@ -69,8 +69,7 @@ class Part:
 
 def special_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The special tokens the tokenizer puts before any text (e.g. `[BOS]`; `[]` for tokenizers that add none)."""
-    ids = tokenizer("", add_special_tokens=True)["input_ids"]
-    return ids[: count_prefix_tokens(tokenizer, "")]
+    return special_tokens_around_text(tokenizer)[0]
 
 
 def strip_prefix_end(ids: list[int], prefix: list[int], first: bool) -> int:
