@@ -57,10 +57,11 @@ def read_texts(n_docs: int, n_queries: int, seed: int = 0) -> tuple[list[str], l
     return rng.sample(docs, min(n_docs, len(docs))), rng.sample(queries, min(n_queries, len(queries)))
 
 
-def make_random_mistral_7b(folder: Path, dtype: torch.dtype) -> Path:
-    """A Mistral-7B-shaped GRIT checkpoint with random weights and a BPE tokenizer trained on the man pages."""
+def make_random_mistral_7b(folder: Path, dtype: torch.dtype, stock: bool = False) -> Path:
+    """A Mistral-7B-shaped GRIT checkpoint (with `stock`, a stock `MistralForCausalLM` checkpoint, as the reference
+    `gritlm` loads) with random weights and a BPE tokenizer trained on the man pages."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import MistralConfig, PreTrainedTokenizerFast
+    from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
 
     from grit_hf import GritLMConfig, GritLMForCausalLM, save_grit_checkpoint
 
@@ -84,10 +85,16 @@ def make_random_mistral_7b(folder: Path, dtype: torch.dtype) -> Path:
     torch.set_default_dtype(dtype)
     try:
         with torch.device("cuda"):
-            model = GritLMForCausalLM(GritLMConfig(text_config=text_config))
+            model = (
+                MistralForCausalLM(text_config) if stock else GritLMForCausalLM(GritLMConfig(text_config=text_config))
+            )
     finally:
         torch.set_default_dtype(default_dtype)
-    save_grit_checkpoint(model, tokenizer, folder)
+    if stock:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    else:
+        save_grit_checkpoint(model, tokenizer, folder)
     del model
     torch.cuda.empty_cache()
     return folder

@@ -49,3 +49,16 @@ def test_retrieval_benchmark_runs_on_a_tiny_set(tmp_path, default_model_dir):
     assert set(results) == {"bm25", "minilm", "grit-bidirectional"}
     assert results["minilm"]["ndcg@10"] == 1.0  # three obvious pairs
     assert 0 < results["grit-bidirectional"]["ndcg@10"] <= 1
+
+
+def test_bf16_error_benchmark_compares_with_the_reference(stock_checkpoint):
+    """The comparison behind tests/test_gpu.py's bf16 check, on CPU and the tiny model: grit-hf's fp32 embeddings
+    are the reference's, and its bf16 error is the reference's within the margin the GPU test allows."""
+    pytest.importorskip("gritlm")
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bf16_error import bf16_errors, error_ratio
+
+    errors = bf16_errors(stock_checkpoint("mistral"), "eager")
+    assert max(abs(e) for e in errors["grit_hf_fp32"]) <= 1e-6
+    assert 0 < max(errors["reference_bf16"]) < 1e-2  # bf16 does lose something
+    assert error_ratio(errors) <= 1.5
