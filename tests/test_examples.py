@@ -62,3 +62,31 @@ def test_bf16_error_benchmark_compares_with_the_reference(stock_checkpoint):
     assert max(abs(e) for e in errors["grit_hf_fp32"]) <= 1e-6
     assert 0 < max(errors["reference_bf16"]) < 1e-2  # bf16 does lose something
     assert error_ratio(errors) <= 1.5
+
+
+def _readme_python_blocks() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    return [block.split("\n", 1)[1] for block in text.split("```")[1::2] if block.startswith("python\n")]
+
+
+@pytest.mark.slow
+def test_readme_python_blocks_run_in_order(default_model_dir, monkeypatch):
+    """Every Python block of the README runs, in order, in one namespace, on the default model (Hub names are
+    swapped for "default": no hub is reachable here). The OpenAI-client block needs a server: tests/serve runs the
+    same calls against one."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    blocks = _readme_python_blocks()
+    assert len(blocks) >= 5
+    namespace: dict = {}
+    ran = 0
+    for block in blocks:
+        if "OpenAI(" in block:
+            continue
+        code = block.replace('"GritLM/GritLM-7B"', '"default"').replace(
+            'rag.generate([{"role": "user", "content": "..."}])',
+            'rag.generate([{"role": "user", "content": "Hello"}], max_new_tokens=4)',
+        )
+        exec(compile(code, "README.md", "exec"), namespace)
+        ran += 1
+    assert ran == len(blocks) - 1
+    assert namespace["answer"].cache_read_tokens > 0 and namespace["answer"].doc_ids

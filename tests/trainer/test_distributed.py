@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,20 +23,27 @@ def _free_port() -> int:
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ, PYTHONFAULTHANDLER="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1"
+    )
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parents[1]), env.get("PYTHONPATH", "")])
     return env
 
 
 def _run(command: list[str], log: Path, timeout: int = 240) -> None:
+    """Run `command` with its output in `log`; on a timeout, abort every process of the launch so that each prints
+    where it was stuck (`PYTHONFAULTHANDLER`), and fail with the log's end."""
     with open(log, "w") as stream:  # a file, not a pipe: a full pipe must never block the workers
+        process = subprocess.Popen(
+            command, env=_env(), stdout=stream, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
-            code = subprocess.run(
-                command, env=_env(), stdout=stream, stderr=subprocess.STDOUT, timeout=timeout
-            ).returncode
+            code = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGABRT)
+            process.wait(timeout=30)
             code = "timeout"
-    assert code == 0, f"exit {code}:\n" + log.read_text()[-6000:]
+    assert code == 0, f"exit {code}:\n" + log.read_text()[-8000:]
 
 
 def test_cross_device_negatives_give_the_single_process_gradient(tiny_grit, tmp_path):
