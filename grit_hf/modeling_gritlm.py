@@ -30,7 +30,7 @@ from .configuration_gritlm import GritLMConfig
 from .formatting import EmbeddingInputs, length_sorted_batches, pad_right, pad_token_id, tokenize_with_prefix
 from .locking import model_lock
 from .pooling import pool, text_token_mask
-from .validation import check_positive_int, check_texts
+from .validation import check_positive_int, check_text, check_texts
 
 logger = logging.get_logger(__name__)
 
@@ -193,8 +193,7 @@ class GritLMPreTrainedModel(PreTrainedModel):
         template when `instruction` is empty) before each text, special tokens added, truncated to `max_length`
         (clamped to the model's position limit; truncation is logged unless `warn=False`). Texts are not
         type-checked here."""
-        if not isinstance(instruction, str):
-            raise TypeError(f"`instruction` must be a str, got {type(instruction).__name__}.")
+        check_text(instruction, "instruction")
         check_positive_int(max_length, "max_length")
         if self.max_positions is not None and max_length > self.max_positions:
             max_length = self.max_positions

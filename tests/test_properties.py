@@ -55,6 +55,15 @@ def model(grit_checkpoint):
     return GritLMForCausalLM.from_pretrained(grit_checkpoint("llama")).eval()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _release_shared_checkpoint(grit_checkpoint):
+    """The integration properties share the tiny checkpoint's process-wide instance; release it for later modules."""
+    yield
+    from grit_hf.rag import release_shared
+
+    release_shared(str(grit_checkpoint("llama")))
+
+
 @pytest.fixture(scope="module")
 def rag(model):
     rag = GritRAG(model, cache_attention="causal", max_length=64)

@@ -4,7 +4,7 @@ threads of the test process and stopped at the end; clients talk to them over TC
 - `server`: built by `grit-hf serve`'s own argument parser from a checkpoint folder, with an API key and small limits.
 - `open_server`: no API key, one generation slot and a short request timeout (429, disconnects and timeouts).
 
-Network: the clients only ever reach 127.0.0.1 (`HF_HUB_OFFLINE`, and no tiktoken: `OpenAIEmbeddings` runs with
+Network: the clients only ever reach 127.0.0.1 (`_loopback_only`; `HF_HUB_OFFLINE`; no tiktoken: `OpenAIEmbeddings` runs with
 `check_embedding_ctx_length=False`).
 """
 
@@ -27,7 +27,6 @@ pytest.importorskip("openai")
 from serve_helpers import API_KEY, SMALL_LIMITS, start_server  # noqa: E402
 
 torch.set_num_threads(1)
-os.environ.setdefault("TIKTOKEN_CACHE_DIR", "")  # tiktoken must never be needed (it would download)
 
 
 @pytest.fixture(scope="session")
