@@ -244,6 +244,6 @@ def test_disk_stores_fingerprint_every_weight(model, tmp_path):
         == GritRAG(model, cache_attention="causal", weights_hash="sample").fingerprint.weights
     )
     second = GritRAG(changed, cache_attention="causal", store=DiskKVStore(tmp_path / "kv"))
-    second._texts, second._ids, second._embeddings = first._texts, first._ids, first._embeddings
+    second.documents = first.documents
     with pytest.raises(FingerprintMismatchError, match="weights"):
         second.answer("q", mode="doc", doc_ids=["a"], max_new_tokens=2)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from transformers.utils import logging
@@ -50,6 +50,7 @@ from ..configuration_gritlm import ATTENTIONS
 from ..formatting import apply_chat_template
 from ..validation import check_positive_int, check_str_list, check_text, check_texts
 from .decoding import GenerationOptions, GenerationResult, GenerationStream, Generator
+from .documents import DocumentTable
 from .prompts import CACHED_QUERY_MODES, RAG_MODES, DocumentSlot, QuerySlot, RAGMode, RAGPrompts, split_on_texts
 from .segments import CachedSegment, Part, Segment, resolve_segments, strip_prefix_end
 
@@ -143,10 +144,7 @@ class GritRAG:
         self.fingerprint = compute_fingerprint(model, is_causal=self.causal_cache, weights_hash=weights_hash)
         self.store = store if store is not None else MemoryKVStore()
         self.store.bind(self.fingerprint)
-        self._ids: list[str] = []
-        self._texts: dict[str, str] = {}
-        self._uncached: set[str] = set()  # documents too long to cache (re-read as text)
-        self._embeddings = torch.empty(0, model.config.text_config.hidden_size)
+        self.documents = DocumentTable(model.config.text_config.hidden_size)
 
     @property
     def lock(self):
@@ -174,7 +172,7 @@ class GritRAG:
         if instruction is not None:
             check_text(instruction, "instruction")
         if not texts:
-            return torch.empty(0, self._embeddings.shape[1])
+            return torch.empty(0, self.documents.embeddings.shape[1])
         instruction = self.query_instruction if instruction is None else instruction
         return self._encode(texts, instruction, states=False)[0].float().cpu()
 
@@ -203,22 +201,13 @@ class GritRAG:
             ids = check_str_list(ids, "ids")
             if len(ids) != len(texts):
                 raise ValueError(f"`ids` must hold one id per text: {len(texts)} texts, {len(ids)} ids.")
-        new: dict[str, str] = {}
-        for doc_id, text in zip(ids, texts):
-            if new.get(doc_id, text) != text:
-                raise ValueError(f"`ids` give the id {doc_id!r} to two different texts.")
-            if self._texts.get(doc_id) != text:
-                new[doc_id] = text
+        new = self.documents.changed(ids, texts)
         if not new:
             return ids
         embeddings, states, truncated = self._encode(list(new.values()), "", states=True, progress=show_progress_bar)
         with self.lock:
             self._store_batch(list(new), states, truncated)
-            self._texts.update(new)
-            self._uncached = (self._uncached - set(new)) | {i for i, cut in zip(new, truncated) if cut}
-            keep = [row for row, doc_id in enumerate(self._ids) if doc_id not in new]
-            self._ids = [self._ids[row] for row in keep] + list(new)
-            self._embeddings = torch.cat([self._embeddings[keep], embeddings.float().cpu()])
+            self.documents.update(new, embeddings, truncated)
         return ids
 
     def _store_batch(self, ids: list[str], states: list[KVStates], truncated: list[bool]) -> None:
@@ -248,47 +237,31 @@ class GritRAG:
         """
         ids = check_str_list(ids, "ids")
         with self.lock:
-            removed = [doc_id for doc_id in dict.fromkeys(ids) if doc_id in self._texts]
-            if not removed:
-                return []
-            gone = set(removed)
-            keep = [row for row, doc_id in enumerate(self._ids) if doc_id not in gone]
-            self._ids = [self._ids[row] for row in keep]
-            self._embeddings = self._embeddings[keep]
+            removed = self.documents.remove(ids)
             for doc_id in removed:
-                del self._texts[doc_id]
-                self._uncached.discard(doc_id)
                 self.store.delete(doc_id)
         return removed
 
     @property
     def doc_ids(self) -> list[str]:
         """Ids of the indexed documents."""
-        return list(self._ids)
-
-    def _check_known(self, doc_ids: Any) -> list[str]:
-        doc_ids = check_str_list(doc_ids, "doc_ids")
-        missing = [doc_id for doc_id in doc_ids if doc_id not in self._texts]
-        if missing:
-            raise ValueError(f"Unknown document id(s) {missing[:5]!r}: add them with `add_documents` first.")
-        return doc_ids
+        return list(self.documents.ids)
 
     def get_text(self, doc_id: str) -> str:
         """The text of an indexed document."""
-        return self._texts[self._check_known([doc_id])[0]]
+        return self.documents.texts[self.documents.check_known([doc_id])[0]]
 
     def get_embeddings(self, doc_ids: Sequence[str]) -> torch.Tensor:
         """The stored embeddings `(n, dim)` (float32, CPU) of indexed documents, in the order of `doc_ids`."""
-        doc_ids = self._check_known(doc_ids)
+        doc_ids = self.documents.check_known(doc_ids)
         with self.lock:
-            rows = {doc_id: row for row, doc_id in enumerate(self._ids)}
-            return self._embeddings[[rows[doc_id] for doc_id in doc_ids]].clone()
+            return self.documents.embeddings_of(doc_ids)
 
     def _document(self, doc_id: str) -> KVStates | list[int]:
         """The stored states of a document, recomputed if they were evicted; the token ids of its embedding input
         if it is too long to cache."""
-        text = self._texts[self._check_known([doc_id])[0]]
-        if doc_id in self._uncached:
+        text = self.documents.texts[self.documents.check_known([doc_id])[0]]
+        if doc_id in self.documents.uncached:
             return self._input_ids(text, "")
         states = self.store.get(doc_id)
         if states is None:
@@ -298,18 +271,11 @@ class GritRAG:
         return states
 
     # -- retrieval ---------------------------------------------------------------------------------------------------
-    def _rank(self, query_embedding: torch.Tensor, top_k: int) -> list[tuple[str, float]]:
-        check_positive_int(top_k, "top_k")
-        if not self._ids:
-            return []
-        scores = self._embeddings @ query_embedding.float().cpu().reshape(-1)
-        values, order = scores.topk(min(top_k, len(self._ids)))
-        return [(self._ids[i], float(v)) for i, v in zip(order.tolist(), values.tolist())]
-
     def search(self, query: str, top_k: int = 4) -> list[tuple[str, float]]:
         """The `top_k` documents closest to `query` (cosine similarity), best first: `[(doc_id, score), ...]`."""
         check_text(query, "query")
-        return self._rank(self._encode([query], self.query_instruction, states=False)[0][0], top_k)
+        check_positive_int(top_k, "top_k")
+        return self.documents.rank(self._encode([query], self.query_instruction, states=False)[0][0], top_k)
 
     def query_states(self, query: str) -> KVStates | list[int]:
         """The states of `query` in its embedding format (query template + query) and the cache attention: what the
@@ -336,12 +302,8 @@ class GritRAG:
             `[str, CachedSegment, str, ...]` (empty text pieces left out); `[prompt]` if no document appears.
         """
         check_text(prompt, "prompt")
-        candidates = self._ids if doc_ids is None else self._check_known(doc_ids)
-        texts = {
-            d: self._texts[d]
-            for d in candidates
-            if len(self._texts[d]) >= MIN_CACHED_CHARS and d not in self._uncached
-        }
+        doc_ids = None if doc_ids is None else self.documents.check_known(doc_ids)
+        texts = self.documents.cacheable_texts(doc_ids, MIN_CACHED_CHARS)
         pieces = split_on_texts(prompt, texts, self.model.config.document_template)
         return [piece if isinstance(piece, str) else CachedSegment(piece[0]) for piece in pieces]
 
@@ -368,12 +330,12 @@ class GritRAG:
         check_text(query, "query")
         if mode == "none":
             return [self.render_chat(query) + self.prompts.response_prefix]
-        doc_ids = self._check_known(doc_ids)
+        doc_ids = self.documents.check_known(doc_ids)
         cached = mode not in ("rag_query_doc", "rag_doc_query")
         if mode in CACHED_QUERY_MODES and query_states is None:
             query_states = self.query_states(query)
         segments: list[Segment] = []
-        for item in self.prompts.layout(mode, query, [self._texts[d] for d in doc_ids]):
+        for item in self.prompts.layout(mode, query, [self.documents.texts[d] for d in doc_ids]):
             first = not segments
             if isinstance(item, QuerySlot):
                 query_part = query_states if cached else self._input_ids(query, self.query_instruction)
@@ -383,7 +345,7 @@ class GritRAG:
                 segments.append(
                     CachedSegment(doc_id)
                     if cached
-                    else self._text_ids(self._input_ids(self._texts[doc_id], ""), first)
+                    else self._text_ids(self._input_ids(self.documents.texts[doc_id], ""), first)
                 )
             else:
                 segments.append(item)
@@ -461,14 +423,14 @@ class GritRAG:
             doc_ids = []
         elif doc_ids is None:
             embedding, kv, truncated = self._encode([query], self.query_instruction, mode in CACHED_QUERY_MODES)
-            ranked = self._rank(embedding[0], top_k)
+            ranked = self.documents.rank(embedding[0], top_k)
             if not ranked:
                 raise ValueError("No documents are indexed: call `add_documents` first.")
             doc_ids, scores = [doc_id for doc_id, _ in ranked], [score for _, score in ranked]
             if kv:
                 query_states = self._input_ids(query, self.query_instruction) if truncated[0] else kv[0]
         else:
-            doc_ids = self._check_known(doc_ids)
+            doc_ids = self.documents.check_known(doc_ids)
         segments = self.build_segments(query, mode, doc_ids, query_states)
         result = GenerationResult(doc_ids=list(doc_ids), scores=scores, mode=mode)
         return self.generate_from_segments(segments, stream, result=result, **vars(options))

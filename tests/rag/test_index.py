@@ -264,8 +264,7 @@ def test_sampler_follows_the_softmax_of_logits_over_temperature():
 @pytest.mark.parametrize("kind", ["dynamic", "static"])
 def test_decode_caches_agree(model, causal_rag, kind):
     other = GritRAG(model, cache_attention="causal", store=causal_rag.store, decode_cache=kind)
-    other._ids, other._texts, other._embeddings = causal_rag._ids, causal_rag._texts, causal_rag._embeddings
-    other._uncached = causal_rag._uncached
+    other.documents = causal_rag.documents
     for mode in ("doc", "query_doc", "rag_doc_query"):
         assert (
             other.answer(QUERY, mode=mode, top_k=2, **GEN).token_ids
@@ -304,7 +303,7 @@ def test_disk_store_serves_the_same_answers_and_refuses_other_setups(model, caus
         == causal_rag.answer(QUERY, mode="doc", top_k=2, **GEN).token_ids
     )
     other = GritRAG(model, cache_attention="bidirectional", store=DiskKVStore(tmp_path))
-    other._ids, other._texts, other._embeddings = disk._ids, disk._texts, disk._embeddings
+    other.documents = disk.documents
     with pytest.raises(FingerprintMismatchError, match="attention"):
         other.answer(QUERY, mode="doc", **GEN)
 
@@ -342,7 +341,7 @@ def test_add_documents_replaces_and_assigns_ids(model):
     assert len(ids) == 2 and all(len(i) == 16 for i in ids) and rag.doc_ids == ids
     rag.add_documents(["new text"], ids=[ids[0]])
     assert rag.doc_ids == [ids[1], ids[0]] and rag.get_text(ids[0]) == "new text"
-    assert rag._embeddings.shape[0] == 2
+    assert len(rag.documents) == 2
 
 
 def test_remove_documents_forgets_texts_embeddings_and_states(model):
@@ -351,7 +350,7 @@ def test_remove_documents_forgets_texts_embeddings_and_states(model):
     kept = rag.get_embeddings(["photo"])
     assert rag.remove_documents(["berlin", "nope", "berlin"]) == ["berlin"]
     assert rag.doc_ids == ["paris", "photo"] and "berlin" not in rag.store
-    assert torch.equal(rag.get_embeddings(["photo"]), kept) and rag._embeddings.shape[0] == 2
+    assert torch.equal(rag.get_embeddings(["photo"]), kept) and len(rag.documents) == 2
     assert rag.split_prompt(f"Context: {DOCS[1]}") == [f"Context: {DOCS[1]}"]
     with pytest.raises(ValueError, match="Unknown document"):
         rag.get_text("berlin")
