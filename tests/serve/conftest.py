@@ -10,7 +10,6 @@ Network: the clients only ever reach 127.0.0.1 (`_loopback_only`; `HF_HUB_OFFLIN
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
 from pathlib import Path
