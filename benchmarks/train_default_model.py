@@ -113,8 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         ]  # fmt: skip
     shared = data_folder()
     eval_data = retrieval_data(*((20, 40) if args.smoke else (None, None)), seed=0)
-    passages = [json.loads(line)["text"] for line in open(shared / "lmtext" / "passages.jsonl")][: 8 if args.smoke else 200]
-    examples = read_rag_examples(shared / "manpages" / "eval", limit=args.fidelity_examples or (4 if args.smoke else 200))
+    passages = [json.loads(line)["text"] for line in open(shared / "lmtext" / "passages.jsonl")][
+        : 8 if args.smoke else 200
+    ]
+    examples = read_rag_examples(
+        shared / "manpages" / "eval", limit=args.fidelity_examples or (4 if args.smoke else 200)
+    )
     device = "cuda" if cuda else "cpu"
 
     base_path = resolve_checkpoint("default-base")
@@ -135,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - start
     import resource
 
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if cuda
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
     adapter = output_dir / "adapter"
     merged = merge_adapter_checkpoint(base_path, adapter, output_dir / "merged")
     trained = GritLMForCausalLM.from_pretrained(merged, dtype=torch.float32).to(device).eval()
