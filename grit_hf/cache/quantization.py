@@ -17,10 +17,12 @@ The format, per layer and for keys and values alike:
   bytes per token, so every further token takes exactly half the bytes of bf16 (a quarter of fp32); the scales,
   offsets and first position are a fixed block per entry.
 
-Chosen on the default model by the RMS change of the next-token logits along 100 greedy 32-token answers (man-page
-questions, causal states; bf16 storage of the same states: 0.010): symmetric per-channel int8 0.067, the same with
-the first position kept 0.027, asymmetric with it kept 0.018 (this format). Per-token scales after a Hadamard rotation
-reached 0.019 but cost 6% more bytes per token; fp8 (e4m3) with per-channel scales was far worse.
+Chosen on the default model by the RMS change of the next-token logits along greedy 32-token answers (man-page
+questions 0..99, causal states; bf16 storage of the same states: 0.010): symmetric per-channel int8 0.067, the same
+with the first position kept 0.027, asymmetric with it kept 0.018 (this format). Per-token scales after a Hadamard
+rotation reached 0.019 but cost 6% more bytes per token; fp8 (e4m3) with per-channel scales changed more answers than
+symmetric int8. With bidirectional states (questions 0..39) asymmetric ranges matter most (0.037 -> 0.023; keeping the
+first position changes little there). `benchmarks/kv_quantization.py` measures the format on other questions.
 """
 
 from __future__ import annotations
