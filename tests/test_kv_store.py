@@ -113,7 +113,10 @@ def test_disk_files_are_plain_safetensors_with_metadata(tmp_path):
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata()
         assert sorted(handle.keys())[:2] == ["input_ids", "layers.0.keys"]
-    assert metadata["doc_id"] == "a" and Fingerprint.from_json(metadata["fingerprint"]) == FINGERPRINT
+    assert metadata["doc_id"] == "a" and metadata["format"] == "grit_hf.kv/2"
+    assert Fingerprint.from_json(metadata["fingerprint"]) == replace(
+        FINGERPRINT, storage="dense"
+    )  # records its format
     assert not path.read_bytes().startswith(b"\x80")  # not a pickle
 
 

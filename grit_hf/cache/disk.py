@@ -5,6 +5,11 @@ half-written entry under a document's name. Every entry carries a CRC-32 of each
 the fingerprint (before any tensor is touched), the checksums (once per file and process) and the entry's structure
 against the model, and fails with `CacheEntryError` naming the entry, never later inside torch. Only regular files are
 read, so a FIFO or device under an entry's name cannot block a read; listing skips damaged files with a warning.
+
+Formats: `grit_hf.kv/2` holds dense states (as computed); `grit_hf.kv/3` holds int8 states (`quantize="int8"`,
+`grit_hf.cache.quantization`: int8 data, scales, offsets and the dense first position) and the metadata
+`storage: "int8"`; `grit_hf.kv/1` (dense, without checksums) is still read. Every store reads every format, whatever
+it writes.
 """
 
 from __future__ import annotations
@@ -23,22 +28,29 @@ from transformers.utils import logging
 
 from .entries import CacheEntryError, check_states, checksum
 from .fingerprint import Fingerprint, FingerprintMismatchError
+from .quantization import Quantization, QuantizedKVStates, QuantizedTensor, parse_dtype
 from .states import KVStates, cache_from_layers
-from .store import KVStore, MemoryKVStore, _check_states
+from .store import KVStore, MemoryKVStore
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["DiskKVStore", "FORMAT_VERSION"]
+__all__ = ["DiskKVStore", "FORMAT_VERSION", "INT8_FORMAT_VERSION"]
 
-FORMAT_VERSION = "grit_hf.kv/2"
-READABLE_FORMATS = ("grit_hf.kv/1", FORMAT_VERSION)  # version 1 has no checksums
+FORMAT_VERSION = "grit_hf.kv/2"  # dense states
+INT8_FORMAT_VERSION = "grit_hf.kv/3"  # int8 states with their scales, offsets and dense first position
+READABLE_FORMATS = ("grit_hf.kv/1", FORMAT_VERSION, INT8_FORMAT_VERSION)  # version 1 has no checksums
+# an int8 entry's tensors per layer and kind (keys, values), in `QuantizedTensor.tensors()` order:
+# `layers.{i}.keys_dense`, `layers.{i}.keys` (the int8 data), `layers.{i}.keys_scale`, `layers.{i}.keys_offset`
+_INT8_PARTS = ("_dense", "", "_scale", "_offset")
 
 
 class DiskKVStore(KVStore):
     """States kept as one safetensors file per document in `directory`, optionally fronted by an in-memory LRU.
 
     Files are named by the sha256 of the document id and hold `input_ids`, `layers.{i}.keys`, `layers.{i}.values`
-    plus metadata (format version, document id, attention mode, fingerprint, checksums). Writes go to a temporary
+    (int8 entries: the int8 data, with `layers.{i}.keys_scale`, `_offset`, `_dense` and the same for values) plus
+    metadata (format version, document id, attention mode, fingerprint with the storage format, checksums of every
+    tensor). Writes go to a temporary
     file in the same folder, are fsynced, and replace the entry atomically; a failed write (e.g. a full disk) raises
     `OSError` and leaves the old entry. Reads memory-map the file (`safe_open`).
 
@@ -48,6 +60,8 @@ class DiskKVStore(KVStore):
         fingerprint: the setup entries belong to (GritRAG binds it).
         device: device the loaded states are put on (`"cpu"` keeps them memory-mapped).
         verify: check every file's checksums the first time this process reads it (one pass over its bytes).
+        quantize: `"int8"` writes new entries in 8 bits (half the bytes of bf16 per token; see
+            `grit_hf.cache.quantization`); `None` writes states as computed. Both formats are read either way.
     """
 
     def __init__(
@@ -57,8 +71,9 @@ class DiskKVStore(KVStore):
         fingerprint: Fingerprint | None = None,
         device: str | torch.device = "cpu",
         verify: bool = True,
+        quantize: Quantization | None = None,
     ):
-        super().__init__(fingerprint)
+        super().__init__(fingerprint, quantize)
         if not isinstance(directory, (str, os.PathLike)):
             raise TypeError(f"`directory` must be a path, got {type(directory).__name__}.")
         if not str(directory).strip():
@@ -81,19 +96,30 @@ class DiskKVStore(KVStore):
 
     # -- writing -----------------------------------------------------------------------------------------------------
     def put(self, doc_id: str, states: KVStates) -> None:
-        fingerprint = _check_states(doc_id, states, self.fingerprint)
+        states, fingerprint = self._prepare(doc_id, states)
         tensors = {"input_ids": states.input_ids.detach().to("cpu", torch.long).contiguous()}
-        for index, (keys, values) in enumerate(states.layers()):
-            tensors[f"layers.{index}.keys"] = keys.detach().cpu().contiguous()
-            tensors[f"layers.{index}.values"] = values.detach().cpu().contiguous()
+        if isinstance(states, QuantizedKVStates):
+            for index, pair in enumerate(states.quantized):
+                for kind, part in zip(("keys", "values"), pair):
+                    for suffix, tensor in zip(_INT8_PARTS, part.tensors()):
+                        tensors[f"layers.{index}.{kind}{suffix}"] = tensor.detach().cpu().contiguous()
+            num_layers, version = len(states.quantized), INT8_FORMAT_VERSION
+        else:
+            layers = states.layers()
+            for index, (keys, values) in enumerate(layers):
+                tensors[f"layers.{index}.keys"] = keys.detach().cpu().contiguous()
+                tensors[f"layers.{index}.values"] = values.detach().cpu().contiguous()
+            num_layers, version = len(layers), FORMAT_VERSION
         metadata = {
-            "format": FORMAT_VERSION,
+            "format": version,
             "doc_id": doc_id,
             "is_causal": "true" if states.is_causal else "false",
-            "num_layers": str(len(states.cache.layers)),
+            "num_layers": str(num_layers),
             "fingerprint": fingerprint.to_json(),
             "checksums": json.dumps({name: checksum(tensor) for name, tensor in tensors.items()}, sort_keys=True),
         }
+        if version == INT8_FORMAT_VERSION:
+            metadata["storage"] = states.storage
         target = self.path_for(doc_id)
         handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=self.directory)
         os.close(handle)
@@ -152,12 +178,23 @@ class DiskKVStore(KVStore):
                 metadata = self._metadata(path, handle)
                 if metadata["doc_id"] != doc_id:
                     raise CacheEntryError(f"{where} names another document, {metadata['doc_id']!r}.")
-                self._refuse(doc_id, Fingerprint.from_json(metadata["fingerprint"]))
+                stored = Fingerprint.from_json(metadata["fingerprint"])
+                self._refuse(doc_id, stored)
+                int8 = metadata["format"] == INT8_FORMAT_VERSION
+                storage = "int8" if int8 else "dense"
+                if int8 and metadata.get("storage") != "int8":
+                    raise CacheEntryError(f"{where} has the storage {metadata.get('storage')!r}, its format int8.")
+                if stored.storage not in ("", storage):
+                    raise CacheEntryError(f"{where} is {storage}, its fingerprint records {stored.storage!r}.")
                 num_layers = int(metadata["num_layers"])
                 if num_layers < 1:
                     raise CacheEntryError(f"{where} declares {num_layers} layers.")
+                suffixes = _INT8_PARTS if int8 else ("",)
                 names = ["input_ids"] + [
-                    f"layers.{i}.{kind}" for i in range(num_layers) for kind in ("keys", "values")
+                    f"layers.{i}.{kind}{suffix}"
+                    for i in range(num_layers)
+                    for kind in ("keys", "values")
+                    for suffix in suffixes
                 ]
                 tensors = {name: handle.get_tensor(name) for name in names}
         except (CacheEntryError, FingerprintMismatchError, FileNotFoundError):
@@ -166,8 +203,23 @@ class DiskKVStore(KVStore):
             raise CacheEntryError(f"{where} is damaged or malformed: {error}") from error
         if metadata["format"] != READABLE_FORMATS[0] and self.verify:
             self._verify_checksums(path, info, where, metadata, tensors)
-        layers = [(tensors[f"layers.{i}.keys"], tensors[f"layers.{i}.values"]) for i in range(num_layers)]
-        states = KVStates(tensors["input_ids"], cache_from_layers(layers), metadata["is_causal"] == "true")
+        is_causal = metadata["is_causal"] == "true"
+        if int8:
+            try:
+                dtype = parse_dtype(stored.dtype)
+            except ValueError as error:
+                raise CacheEntryError(f"{where} records no dtype to dequantize to: {error}") from None
+            quantized = [
+                tuple(
+                    QuantizedTensor(*(tensors[f"layers.{i}.{kind}{suffix}"] for suffix in _INT8_PARTS))
+                    for kind in ("keys", "values")
+                )
+                for i in range(num_layers)
+            ]
+            states = QuantizedKVStates(tensors["input_ids"], quantized, is_causal, dtype)
+        else:
+            layers = [(tensors[f"layers.{i}.keys"], tensors[f"layers.{i}.values"]) for i in range(num_layers)]
+            states = KVStates(tensors["input_ids"], cache_from_layers(layers), is_causal)
         if states.is_causal != (self.fingerprint is None or self.fingerprint.attention == "causal"):
             raise CacheEntryError(f"{where} holds states of another attention than its fingerprint says.")
         if self.fingerprint is not None:

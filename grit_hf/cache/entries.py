@@ -2,7 +2,8 @@
 the ones written. Every check fails with `CacheEntryError`, which names the entry.
 
 The model's layout (layers, key/value heads, head size, vocabulary) is recorded in the `Fingerprint`; an entry is
-checked against the layout of the store it is read from, so a damaged or foreign entry never reaches generation
+checked against the layout of the store it is read from (int8 entries: their int8 tensors and the shapes, dtype and
+values of their scales and offsets), so a damaged or foreign entry never reaches generation
 (where a wrong shape would crash inside torch, and NaNs or flipped bytes would silently change the answer).
 """
 
@@ -12,6 +13,7 @@ import zlib
 
 import torch
 
+from .quantization import QuantizedKVStates
 from .states import KVStates
 
 __all__ = ["CacheEntryError", "model_layout", "parse_layout", "check_states", "checksum"]
@@ -49,28 +51,83 @@ def check_states(where: str, states: KVStates, layout: str, dtype: str) -> None:
         raise CacheEntryError(f"{where}: `input_ids` must be a non-empty 1-D int64 tensor.")
     if expected and (int(ids.min()) < 0 or int(ids.max()) >= expected["vocab"]):
         raise CacheEntryError(f"{where}: token ids outside the vocabulary of {expected['vocab']}.")
-    layers = states.layers()
-    if not layers or (expected and len(layers) != expected["layers"]):
+    quantized = isinstance(states, QuantizedKVStates)
+    layers = states.quantized if quantized else states.layers()
+    count = len(layers)
+    if not count or (expected and count != expected["layers"]):
         want = expected.get("layers", "at least 1")
-        raise CacheEntryError(f"{where}: {len(layers)} layers of states, the model has {want}.")
+        raise CacheEntryError(f"{where}: {count} layers of states, the model has {want}.")
+    if quantized:
+        if dtype and str(states.dtype) != dtype:
+            raise CacheEntryError(
+                f"{where}: the int8 states dequantize to {states.dtype}, the model computes {dtype}."
+            )
+        for index, pair in enumerate(layers):
+            for name, part in zip(("keys", "values"), pair):
+                _check_quantized(where, index, name, part, ids.numel(), expected, states.dtype)
+        return
     for index, (keys, values) in enumerate(layers):
         for name, tensor in (("keys", keys), ("values", values)):
-            shape = tuple(tensor.shape)
-            if len(shape) != 4 or shape[0] != 1 or shape[2] != ids.numel():
-                raise CacheEntryError(
-                    f"{where}: layer {index} {name} have shape {shape}, expected (1, heads, {ids.numel()}, head_dim)."
-                )
-            if expected and (shape[1], shape[3]) != (expected["kv_heads"], expected["head_dim"]):
-                raise CacheEntryError(
-                    f"{where}: layer {index} {name} have {shape[1]} heads of {shape[3]}, the model "
-                    f"{expected['kv_heads']} of {expected['head_dim']}."
-                )
+            _check_shape(where, index, name, tensor, ids.numel(), expected)
             if dtype and str(tensor.dtype) != dtype:
                 raise CacheEntryError(f"{where}: layer {index} {name} are {tensor.dtype}, the model computes {dtype}.")
             # one reduction instead of an elementwise isfinite: NaN/inf propagate into the sum (states are far from
             # fp32's overflow), and it costs one fast pass
             if not torch.isfinite(tensor.sum(dtype=torch.float32)):
                 raise CacheEntryError(f"{where}: layer {index} {name} hold NaN or infinite values.")
+
+
+def _check_shape(
+    where: str, index: int, name: str, tensor: torch.Tensor, seq: int, expected: dict[str, int]
+) -> tuple[int, int]:
+    """`(heads, head_dim)` of a layer's keys or values `[1, heads, seq, head_dim]`, checked against the layout."""
+    shape = tuple(tensor.shape)
+    if len(shape) != 4 or shape[0] != 1 or shape[2] != seq:
+        raise CacheEntryError(
+            f"{where}: layer {index} {name} have shape {shape}, expected (1, heads, {seq}, head_dim)."
+        )
+    if expected and (shape[1], shape[3]) != (expected["kv_heads"], expected["head_dim"]):
+        raise CacheEntryError(
+            f"{where}: layer {index} {name} have {shape[1]} heads of {shape[3]}, the model "
+            f"{expected['kv_heads']} of {expected['head_dim']}."
+        )
+    return shape[1], shape[3]
+
+
+def _check_quantized(
+    where: str, index: int, name: str, part, seq: int, expected: dict[str, int], dtype: torch.dtype
+) -> None:
+    """A layer's int8 keys or values (`QuantizedTensor`): dense first positions of `dtype`, finite; int8 data for the
+    other positions; float32 scales and offsets `[1, heads, 1, head_dim]`, finite (scales not negative)."""
+    dense, data, scale, offset = part.tensors()
+    if not all(isinstance(t, torch.Tensor) for t in (dense, data, scale, offset)):
+        raise CacheEntryError(f"{where}: layer {index} {name} are not tensors.")
+    if dense.ndim != 4 or data.ndim != 4 or dense.shape[-2] + data.shape[-2] != seq or dense.shape[-2] > seq:
+        raise CacheEntryError(
+            f"{where}: layer {index} {name} hold {tuple(dense.shape)} dense and {tuple(data.shape)} int8 positions, "
+            f"expected {seq} in all."
+        )
+    heads, head_dim = _check_shape(where, index, name, data, data.shape[-2], expected)
+    _check_shape(where, index, f"{name} (dense part)", dense, dense.shape[-2], expected)
+    if (dense.shape[1], dense.shape[3]) != (heads, head_dim):
+        raise CacheEntryError(f"{where}: layer {index} {name}: the dense and int8 parts have other head shapes.")
+    if data.dtype != torch.int8:
+        raise CacheEntryError(f"{where}: layer {index} {name} are {data.dtype}, int8 states hold int8.")
+    if dense.dtype != dtype:
+        raise CacheEntryError(f"{where}: layer {index} {name}: the dense part is {dense.dtype}, the states {dtype}.")
+    if not torch.isfinite(dense.sum(dtype=torch.float32)):
+        raise CacheEntryError(f"{where}: layer {index} {name} hold NaN or infinite values.")
+    shape = (1, heads, 1, head_dim)
+    for what, tensor in (("scales", scale), ("offsets", offset)):
+        if tensor.dtype != torch.float32 or tuple(tensor.shape) != shape:
+            raise CacheEntryError(
+                f"{where}: layer {index} {name} {what} are {tensor.dtype} {tuple(tensor.shape)}, expected float32 "
+                f"{shape}."
+            )
+    if not bool(torch.isfinite(offset).all()):
+        raise CacheEntryError(f"{where}: layer {index} {name} offsets hold NaN or infinite values.")
+    if not bool(torch.isfinite(scale).all()) or bool((scale < 0).any()):
+        raise CacheEntryError(f"{where}: layer {index} {name} scales hold negative, NaN or infinite values.")
 
 
 def checksum(tensor: torch.Tensor) -> str:

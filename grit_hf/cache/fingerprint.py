@@ -32,6 +32,10 @@ class Fingerprint:
         attention: `"bidirectional"` or `"causal"`.
         layout: the decoder's layers, key/value heads, head size and vocabulary (`cache.entries.model_layout`),
             which stored entries are checked against (derived from `config`, so not compared on its own).
+        storage: how an entry keeps its states: `"dense"` (as computed, in `dtype`) or `"int8"` (8 bits with scales,
+            `grit_hf.cache.quantization`); `""` in entries written before the format was recorded (dense). Each entry
+            records its own. Not compared: a store reads both formats (a dense entry loads in a store that quantizes,
+            an int8 entry is dequantized to `dtype`), and the entry's tensors are checked against the format.
     """
 
     model: str
@@ -42,6 +46,7 @@ class Fingerprint:
     template: str
     attention: str
     layout: str = ""
+    storage: str = ""
 
     _compared = ("config", "weights", "tokenizer", "dtype", "template", "attention")
 

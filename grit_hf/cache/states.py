@@ -20,11 +20,16 @@ class KVStates:
         cache: a batch-1 `DynamicCache` of `seq` positions starting at position 0.
         is_causal: whether the states were computed with causal attention (exact for continuation) or
             bidirectional attention (the GRIT embedding pass; an approximation for continuation).
+
+    `storage` is `"dense"`: the states are kept as computed (`grit_hf.cache.quantization.QuantizedKVStates` keeps
+    them in 8 bits).
     """
 
     input_ids: torch.Tensor
     cache: DynamicCache
     is_causal: bool
+
+    storage = "dense"  # a class attribute, not a field
 
     @property
     def num_tokens(self) -> int:

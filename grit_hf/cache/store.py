@@ -2,8 +2,12 @@
 byte budget). The disk store is in `grit_hf.cache.disk`.
 
 Every entry carries the `Fingerprint` of the setup that computed it (model weights, config, tokenizer, dtype,
-document template, attention mode); a store refuses to hand back an entry whose fingerprint differs from its own
-with `FingerprintMismatchError`.
+document template, attention mode) and the format its states are kept in (`storage`); a store refuses to hand back an
+entry whose fingerprint differs from its own with `FingerprintMismatchError`.
+
+`quantize="int8"` makes a store keep new entries in 8 bits (`grit_hf.cache.quantization`): half the bytes of bf16
+states per token. Entries keep the format they were written in: a store reads dense and int8 entries alike, and int8
+states hand back dequantized tensors in the model's dtype.
 """
 
 from __future__ import annotations
@@ -11,11 +15,13 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import replace
 
 from transformers.utils import logging
 
 from .entries import check_states
 from .fingerprint import Fingerprint, FingerprintMismatchError
+from .quantization import Quantization, check_quantize, quantize_states
 from .states import KVStates
 
 logger = logging.get_logger(__name__)
@@ -45,11 +51,21 @@ class KVStore:
     """Base class of the stores: `put`, `get`, `delete`, `in`, `len`, `keys()`, all thread-safe.
 
     A store is bound to one `Fingerprint` (`fingerprint=` or `bind`); `get` refuses entries recorded under another.
+    With `quantize="int8"`, `put` keeps states in 8 bits (`quantize_states`); states already in 8 bits are kept as
+    they are in any store.
     """
 
-    def __init__(self, fingerprint: Fingerprint | None = None):
+    def __init__(self, fingerprint: Fingerprint | None = None, quantize: Quantization | None = None):
         self.fingerprint = fingerprint
+        self.quantize = check_quantize(quantize)
         self._lock = threading.RLock()
+
+    def _prepare(self, doc_id: str, states: KVStates) -> tuple[KVStates, Fingerprint]:
+        """`(states in the form this store keeps, the fingerprint their entry records)`; checks them first."""
+        _check_states(doc_id, states, self.fingerprint)
+        if self.quantize is not None:
+            states = quantize_states(states, self.quantize)
+        return states, replace(self.fingerprint, storage=states.storage)
 
     def bind(self, fingerprint: Fingerprint) -> None:
         """Set the fingerprint that new entries record and that entries read back must match."""
@@ -93,13 +109,21 @@ class MemoryKVStore(KVStore):
     """States kept in memory, evicting the least recently used entries once they take more than `max_bytes`.
 
     Args:
-        max_bytes: byte budget over all entries (`None`: unbounded). An entry larger than the whole budget is not
-            kept (a warning is logged).
+        max_bytes: byte budget over all entries (`None`: unbounded), counted in the bytes the entries take (int8
+            states and their scales with `quantize="int8"`). An entry larger than the whole budget is not kept (a
+            warning is logged).
         fingerprint: the setup entries belong to (GritRAG binds it).
+        quantize: `"int8"` keeps states in 8 bits (half of bf16 per token; see `grit_hf.cache.quantization`);
+            `None` keeps them as computed.
     """
 
-    def __init__(self, max_bytes: int | None = None, fingerprint: Fingerprint | None = None):
-        super().__init__(fingerprint)
+    def __init__(
+        self,
+        max_bytes: int | None = None,
+        fingerprint: Fingerprint | None = None,
+        quantize: Quantization | None = None,
+    ):
+        super().__init__(fingerprint, quantize)
         if max_bytes is not None and (not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 0):
             raise ValueError(f"`max_bytes` must be a non-negative int or None, got {max_bytes!r}.")
         self.max_bytes = max_bytes
@@ -108,7 +132,7 @@ class MemoryKVStore(KVStore):
         self.evictions = 0
 
     def put(self, doc_id: str, states: KVStates) -> None:
-        fingerprint = _check_states(doc_id, states, self.fingerprint)
+        states, fingerprint = self._prepare(doc_id, states)
         size = states.nbytes
         with self._lock:
             self.delete(doc_id)

@@ -78,6 +78,8 @@ class GritRAG:
             per document) or `"causal"` (an extra causal pass; exact continuation). Defaults to the checkpoint's
             `config.cache_attention` (bidirectional for checkpoints trained with the cache loss, else causal).
         store: where document states go (default: an unbounded `MemoryKVStore`); bound to this setup's fingerprint.
+            `MemoryKVStore(quantize="int8")` / `DiskKVStore(..., quantize="int8")` keep them in 8 bits (half of bf16
+            per token; `grit_hf.cache.quantization`).
         prompts: the prompt formats (default: `RAGPrompts.for_model(model)`).
         query_instruction: instruction for queries (default: `config.default_query_instruction`).
         max_length: most tokens per document or query, template included. A longer document is embedded truncated
