@@ -104,6 +104,23 @@ class KVStore:
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())
 
+    def put_many(self, entries: dict[str, KVStates | None]) -> None:
+        """Put (or, for `None`, delete) every entry, all or none: if one fails (e.g. a full disk, `OSError`), the
+        entries already changed are restored and the error is raised."""
+        previous = {}
+        try:
+            for doc_id, states in entries.items():
+                previous[doc_id] = self.get(doc_id) if doc_id in self else None
+                self.delete(doc_id) if states is None else self.put(doc_id, states)
+        except BaseException:
+            for doc_id, old in previous.items():
+                try:
+                    self.put(doc_id, old) if old is not None else self.delete(doc_id)
+                except Exception as error:  # the original error matters more; the entry is then dropped
+                    logger.warning(f"Could not restore the states of {doc_id!r} ({error}); dropping them.")
+                    self.delete(doc_id)
+            raise
+
 
 class MemoryKVStore(KVStore):
     """States kept in memory, evicting the least recently used entries once they take more than `max_bytes`.

@@ -208,28 +208,10 @@ class GritRAG:
             return ids
         embeddings, states, truncated = self._encode(list(new.values()), "", states=True, progress=show_progress_bar)
         with self.lock:
-            self._store_batch(list(new), states, truncated)
+            # states of a truncated text cannot stand for it: any older entry is deleted
+            self.store.put_many({i: None if cut else kv for i, kv, cut in zip(new, states, truncated)})
             self.documents.update(new, embeddings, truncated)
         return ids
-
-    def _store_batch(self, ids: list[str], states: list[KVStates], truncated: list[bool]) -> None:
-        """Put the states of a batch into the store, all or none: on failure, earlier entries are restored."""
-        previous = {}
-        try:
-            for doc_id, kv, cut in zip(ids, states, truncated):
-                previous[doc_id] = self.store.get(doc_id) if doc_id in self.store else None
-                if cut:  # states of a truncated text cannot stand for it
-                    self.store.delete(doc_id)
-                else:
-                    self.store.put(doc_id, kv)
-        except BaseException:
-            for doc_id, old in previous.items():
-                try:
-                    self.store.put(doc_id, old) if old is not None else self.store.delete(doc_id)
-                except Exception as error:  # the original error matters more; the entry is then dropped
-                    logger.warning(f"Could not restore the states of {doc_id!r} ({error}); dropping them.")
-                    self.store.delete(doc_id)
-            raise
 
     def remove_documents(self, ids: Sequence[str]) -> list[str]:
         """Forget indexed documents: their texts, embeddings and stored states. Unknown ids are ignored.
