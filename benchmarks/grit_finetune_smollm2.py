@@ -33,7 +33,6 @@ import json
 import math
 import os
 import random
-import resource
 import shlex
 import sys
 import time
@@ -43,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import data_folder, environment, write_report  # noqa: E402
+from report import data_folder, environment, peak_memory_mib, write_report  # noqa: E402
 from transformers.utils import logging  # noqa: E402
 
 logger = logging.get_logger(__name__)
@@ -224,11 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     trainer = train(training_args, model_args)
     seconds = time.perf_counter() - start
-    peak = (
-        torch.cuda.max_memory_allocated() / 2**20
-        if cuda
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )
+    peak = peak_memory_mib(cuda)
     trained = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(trained, "merge_and_unload"):
         trained = trained.merge_and_unload()

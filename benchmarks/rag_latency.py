@@ -37,6 +37,9 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from report import SENTENCES as REPORT_SENTENCES  # noqa: E402
 
 MODES = ["none", "rag_query_doc", "rag_doc_query", "query", "doc", "query_doc", "doc_query"]
 CACHING = ("query", "doc", "query_doc", "doc_query")
@@ -49,13 +52,7 @@ LABELS = {
     "query_doc": "Query-Doc caching",
     "doc_query": "Doc-Query caching",
 }
-SENTENCES = [
-    "The Seine flows through Paris before it reaches the English Channel at Le Havre.",
-    "Photosynthesis turns light, water and carbon dioxide into sugar and oxygen inside chloroplasts.",
-    "In 1889 the Eiffel Tower opened for the World's Fair and was the tallest structure on Earth.",
-    "Berlin has more bridges than Venice, and many museums stand on an island in the Spree.",
-    "A decoder language model predicts the next token from all the tokens before it.",
-]
+SENTENCES = REPORT_SENTENCES[:5]  # filler text of the N-token segments
 
 
 def load_model(name: str, device: str):

@@ -12,6 +12,19 @@ from pathlib import Path
 __all__ = ["environment", "write_report", "data_folder"]
 
 
+# Filler sentences of the synthetic documents and queries (rag_latency, serve_load).
+SENTENCES = [
+    "The Seine flows through Paris before it reaches the English Channel at Le Havre.",
+    "Photosynthesis turns light, water and carbon dioxide into sugar and oxygen inside chloroplasts.",
+    "In 1889 the Eiffel Tower opened for the World's Fair and was the tallest structure on Earth.",
+    "Berlin has more bridges than Venice, and many museums stand on an island in the Spree.",
+    "A decoder language model predicts the next token from all the tokens before it.",
+    "Glaciers carve U-shaped valleys as they slowly move downhill under their own weight.",
+    "The Danube crosses ten countries on its way from the Black Forest to the Black Sea.",
+    "Honey bees communicate the direction of flowers with a waggle dance inside the hive.",
+]
+
+
 def environment(*packages: str) -> dict:
     """The date, the machine (platform, CPU model and count, GPU) and the versions of python and `packages`."""
     import torch
@@ -38,6 +51,17 @@ def write_report(prefix: str | os.PathLike | None, report: dict, markdown: str) 
         Path(prefix).parent.mkdir(parents=True, exist_ok=True)
         Path(f"{prefix}.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
         Path(f"{prefix}.md").write_text(markdown)
+
+
+def peak_memory_mib(cuda: bool) -> float:
+    """Peak memory so far in MiB: `torch.cuda.max_memory_allocated` on CUDA, else the process's peak RSS."""
+    if cuda:
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def data_folder() -> Path:

@@ -54,18 +54,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from report import environment, write_report  # noqa: E402
+from report import SENTENCES, environment, write_report  # noqa: E402
 
-SENTENCES = [
-    "The Seine flows through Paris before it reaches the English Channel at Le Havre.",
-    "Photosynthesis turns light, water and carbon dioxide into sugar and oxygen inside chloroplasts.",
-    "In 1889 the Eiffel Tower opened for the World's Fair and was the tallest structure on Earth.",
-    "Berlin has more bridges than Venice, and many museums stand on an island in the Spree.",
-    "A decoder language model predicts the next token from all the tokens before it.",
-    "Glaciers carve U-shaped valleys as they slowly move downhill under their own weight.",
-    "The Danube crosses ten countries on its way from the Black Forest to the Black Sea.",
-    "Honey bees communicate the direction of flowers with a waggle dance inside the hive.",
-]
 TOPICS = ["rivers", "plants", "towers", "cities", "models", "glaciers", "borders", "bees", "storms", "metals"]
 QUESTIONS = [f"What does the note about {topic} say?" for topic in TOPICS]
 FLOWS = ("embeddings", "chat", "rag (cached)", "rag (no cache)", "rag")

@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from grit_finetune_smollm2 import evaluate, retrieval_data  # noqa: E402
-from report import data_folder, environment, write_report  # noqa: E402
+from report import data_folder, environment, peak_memory_mib, write_report  # noqa: E402
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "grit_config.json")
 
@@ -137,13 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     trainer = train(training_args, model_args)
     seconds = time.perf_counter() - start
-    import resource
-
-    peak = (
-        torch.cuda.max_memory_allocated() / 2**20
-        if cuda
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )
+    peak = peak_memory_mib(cuda)
     adapter = output_dir / "adapter"
     merged = merge_adapter_checkpoint(base_path, adapter, output_dir / "merged")
     trained = GritLMForCausalLM.from_pretrained(merged, dtype=torch.float32).to(device).eval()
