@@ -41,9 +41,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from rag_latency import evict_from_page_cache, text_of_tokens, time_mode  # noqa: E402
-from report import environment, write_report  # noqa: E402
+from report import data_folder, environment, write_report  # noqa: E402
 
-DATA = Path("/work/shared/data/manpages/eval")
+DATA = data_folder() / "manpages" / "eval"
 
 
 # -- part 1: answers and bytes -------------------------------------------------------------------------------------
@@ -154,7 +154,8 @@ def fidelity(model, attention: str, examples, args) -> dict:
 def _answer(rag, store, query, doc_id, mode, args) -> tuple[float, float]:
     """`(seconds to the last token, to the first token)` of an answer with the document's states in `store`."""
     rag.store = store
-    return time_mode(rag, query, doc_id, mode, None, args.latency_new_tokens, "cpu")
+    total, first, _ = time_mode(rag, query, doc_id, mode, None, args.latency_new_tokens, "cpu")
+    return total, first
 
 
 def _evict(path: Path) -> None:
@@ -356,6 +357,7 @@ def markdown(report: dict) -> str:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="default", help="a checkpoint (default: the default model)")
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--first", type=int, default=100, help="first question (0..99 chose the format)")
     parser.add_argument("--questions", type=int, default=60)
@@ -379,12 +381,12 @@ def main(argv: list[str] | None = None) -> None:
     from grit_hf.rag.examples import read_rag_examples
 
     started = time.perf_counter()
-    model = load_model("default", device="cpu")
+    model = load_model(args.model, device="cpu")
     report = {
         "command": "python " + " ".join([sys.argv[0].replace(str(REPO) + "/", ""), *sys.argv[1:]]),
         "environment": environment("transformers", "safetensors"),
         "threads": torch.get_num_threads(),
-        "model": "default (SmolLM2-135M-Instruct as a GRIT checkpoint)",
+        "model": "default (SmolLM2-135M-Instruct as a GRIT checkpoint)" if args.model == "default" else args.model,
         "dtype": str(model.dtype),
         "args": vars(args),
     }

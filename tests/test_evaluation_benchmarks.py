@@ -77,3 +77,17 @@ def test_benchmark_scripts_run_in_a_tiny_configuration(script, grit_checkpoint, 
     if script == "decode_engine":
         assert all(row["same_tokens"] for row in report["rows"])  # both engines decode the same greedy tokens
     assert output.with_suffix(".md").is_file()
+
+
+def test_kv_quantization_runs_on_a_tiny_model(grit_checkpoint, shared_data, tmp_path):
+    quantization = _load("kv_quantization")
+    output = tmp_path / "kvq"
+    argv = ["--model", str(grit_checkpoint("llama")), "--data", str(shared_data / "manpages" / "eval"), "--first", "0"]
+    argv += ["--questions", "2", "--bidirectional-questions", "1", "--new-tokens", "3", "--verify", "1"]
+    quantization.main([*argv, "--lengths", "12", "--runs", "1", "--latency-new-tokens", "2", "--output", str(output)])
+    report = json.loads(output.with_suffix(".json").read_text())
+    causal, bidirectional = report["fidelity"]
+    assert (causal["questions"], bidirectional["questions"]) == (2, 1)
+    assert causal["bytes_per_token"]["int8"] < causal["bytes_per_token"]["bf16"]  # (fixed per-entry block: short docs)
+    assert causal["generated_disagreements"] == 0  # the teacher-forced check predicts what generation does
+    assert report["latency"] and output.with_suffix(".md").is_file()
