@@ -24,8 +24,9 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from ..rag.compose import continuation_logits
+from ..rag.documents import document_id
 from ..rag.examples import RAGExample
-from ..rag.index import GritRAG, document_id
+from ..rag.index import GritRAG
 from ..rag.prompts import CACHING_MODES
 from ..validation import check_positive_int
 from .metrics import exact_match, token_f1

@@ -13,7 +13,8 @@ shared instance behind the integrations.
 from __future__ import annotations
 
 from .decoding import GenerationOptions, GenerationResult, GenerationStream, Generator
-from .index import MIN_CACHED_CHARS, GritRAG, document_id
+from .documents import MIN_CACHED_CHARS, document_id
+from .index import GritRAG
 from .prompts import CACHING_MODES, RAG_MODES, RAGMode, RAGPrompts
 from .registry import check_model_argument, clear_shared, get_shared, list_shared, model_display_name, release_shared
 from .segments import CachedSegment, Segment

@@ -8,13 +8,24 @@ their own vector stores (LangChain, LlamaIndex) and use this table only to find 
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import torch
 
 from ..validation import check_positive_int, check_str_list
 
-__all__ = ["DocumentTable"]
+__all__ = ["DocumentTable", "document_id", "MIN_CACHED_CHARS"]
+
+MIN_CACHED_CHARS = 16
+"""Documents shorter than this (in characters) are never spliced into a prompt by `generate`: they are cheap to
+recompute and likely to match a prompt by accident."""
+
+
+def document_id(text: str) -> str:
+    """The default id of a document: the first 16 hex digits of the sha256 of its text (so the same text is indexed
+    once, whoever adds it)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 class DocumentTable:

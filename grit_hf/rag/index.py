@@ -33,7 +33,6 @@ share a model; streams interleave by token. Stored states are never written to.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Literal
 
@@ -50,23 +49,13 @@ from ..configuration_gritlm import ATTENTIONS
 from ..formatting import apply_chat_template
 from ..validation import check_positive_int, check_str_list, check_text, check_texts
 from .decoding import GenerationOptions, GenerationResult, GenerationStream, Generator
-from .documents import DocumentTable
+from .documents import MIN_CACHED_CHARS, DocumentTable, document_id
 from .prompts import CACHED_QUERY_MODES, RAG_MODES, DocumentSlot, QuerySlot, RAGMode, RAGPrompts, split_on_texts
 from .segments import CachedSegment, Part, Segment, resolve_segments, strip_prefix_end
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["GritRAG", "document_id", "MIN_CACHED_CHARS"]
-
-MIN_CACHED_CHARS = 16
-"""Documents shorter than this (in characters) are never spliced into a prompt by `generate`: they are cheap to
-recompute and likely to match a prompt by accident."""
-
-
-def document_id(text: str) -> str:
-    """The default id of a document: the first 16 hex digits of the sha256 of its text (so the same text is indexed
-    once, whoever adds it)."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+__all__ = ["GritRAG"]
 
 
 class GritRAG:

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..rag.index import MIN_CACHED_CHARS, GritRAG, document_id
+from ..rag.documents import MIN_CACHED_CHARS, document_id
+from ..rag.index import GritRAG
 from .errors import APIError
 
 __all__ = ["DocumentIndex"]
