@@ -279,6 +279,7 @@ def write_outputs(args, results: dict, started: str) -> None:
     }
     meta = {"date": started, "command": "python " + " ".join(sys.argv), "machine": machine, "args": vars(args)}
     Path(f"{output}.json").write_text(json.dumps({**meta, **results}, indent=2, sort_keys=True))
+    attention = next((r["cache_attention"] for r in results["rows"] if r["cache_attention"]), args.cache_attention)
     lines = [
         f"# GritRAG latency ({args.model}, {machine['device']})",
         "",
@@ -287,7 +288,7 @@ def write_outputs(args, results: dict, started: str) -> None:
         f"- machine: {machine['platform']}, {machine['cpu_count']} CPUs, torch threads {machine['torch_threads']}, "
         f"load average at start {tuple(round(x, 2) for x in machine['load_average_at_start'])}",
         f"- versions: python {machine['python']}, torch {machine['torch']}, transformers {machine['transformers']}",
-        f"- setting: {args.new_tokens} new tokens, greedy, cache attention {args.cache_attention} (the states the "
+        f"- setting: {args.new_tokens} new tokens, greedy, cache attention {attention} (the states the "
         f"caching modes reuse), decode cache {args.decode_cache}, median of {args.runs} runs (seconds); TTFT = time "
         "to first token; each caching mode's answer is compared with its plain-RAG counterpart (the same prompt, "
         "cached parts re-read as text): token F1 / exact match",
