@@ -7,7 +7,7 @@ against the model, and fails with `CacheEntryError` naming the entry, never late
 read, so a FIFO or device under an entry's name cannot block a read; listing skips damaged files with a warning.
 
 Formats: `grit_hf.kv/2` holds dense states (as computed); `grit_hf.kv/3` holds int8 states (`quantize="int8"`,
-`grit_hf.cache.quantization`: int8 data, scales, offsets and the dense first position) and the metadata
+`grit_hf.cache.quantization`: int8 data, scales, offsets and the dense outlier rows with their positions) and the metadata
 `storage: "int8"`; `grit_hf.kv/1` (dense, without checksums) is still read. Every store reads every format, whatever
 it writes.
 """
@@ -37,18 +37,19 @@ logger = logging.get_logger(__name__)
 __all__ = ["DiskKVStore", "FORMAT_VERSION", "INT8_FORMAT_VERSION"]
 
 FORMAT_VERSION = "grit_hf.kv/2"  # dense states
-INT8_FORMAT_VERSION = "grit_hf.kv/3"  # int8 states with their scales, offsets and dense first position
+INT8_FORMAT_VERSION = "grit_hf.kv/3"  # int8 states with their scales, offsets and dense rows
 READABLE_FORMATS = ("grit_hf.kv/1", FORMAT_VERSION, INT8_FORMAT_VERSION)  # version 1 has no checksums
 # an int8 entry's tensors per layer and kind (keys, values), in `QuantizedTensor.tensors()` order:
-# `layers.{i}.keys_dense`, `layers.{i}.keys` (the int8 data), `layers.{i}.keys_scale`, `layers.{i}.keys_offset`
-_INT8_PARTS = ("_dense", "", "_scale", "_offset")
+# `layers.{i}.keys_dense`, `layers.{i}.keys` (the int8 data), `layers.{i}.keys_scale`, `layers.{i}.keys_offset`,
+# `layers.{i}.keys_positions` (of the dense rows)
+_INT8_PARTS = ("_dense", "", "_scale", "_offset", "_positions")
 
 
 class DiskKVStore(KVStore):
     """States kept as one safetensors file per document in `directory`, optionally fronted by an in-memory LRU.
 
     Files are named by the sha256 of the document id and hold `input_ids`, `layers.{i}.keys`, `layers.{i}.values`
-    (int8 entries: the int8 data, with `layers.{i}.keys_scale`, `_offset`, `_dense` and the same for values) plus
+    (int8 entries: the int8 data, with `layers.{i}.keys_scale`, `_offset`, `_dense`, `_positions` and the same for values) plus
     metadata (format version, document id, attention mode, fingerprint with the storage format, checksums of every
     tensor). Writes go to a temporary
     file in the same folder, are fsynced, and replace the entry atomically; a failed write (e.g. a full disk) raises

@@ -97,22 +97,28 @@ def _check_shape(
 def _check_quantized(
     where: str, index: int, name: str, part, seq: int, expected: dict[str, int], dtype: torch.dtype
 ) -> None:
-    """A layer's int8 keys or values (`QuantizedTensor`): dense first positions of `dtype`, finite; int8 data for the
-    other positions; float32 scales and offsets `[1, heads, 1, head_dim]`, finite (scales not negative)."""
-    dense, data, scale, offset = part.tensors()
-    if not all(isinstance(t, torch.Tensor) for t in (dense, data, scale, offset)):
+    """A layer's int8 keys or values (`QuantizedTensor`): int8 data for every position; dense rows of `dtype`, finite,
+    at distinct int32 positions in `[0, seq)`; float32 scales and offsets `[1, heads, 1, head_dim]`, finite (scales
+    not negative)."""
+    tensors = part.tensors()
+    if not all(isinstance(t, torch.Tensor) for t in tensors):
         raise CacheEntryError(f"{where}: layer {index} {name} are not tensors.")
-    if dense.ndim != 4 or data.ndim != 4 or dense.shape[-2] + data.shape[-2] != seq or dense.shape[-2] > seq:
+    dense, data, scale, offset, positions = tensors
+    heads, head_dim = _check_shape(where, index, name, data, seq, expected)
+    rows = positions.shape[-1] if positions.ndim == 3 else -1
+    if tuple(positions.shape) != (1, heads, rows) or tuple(dense.shape) != (1, heads, rows, head_dim):
         raise CacheEntryError(
-            f"{where}: layer {index} {name} hold {tuple(dense.shape)} dense and {tuple(data.shape)} int8 positions, "
-            f"expected {seq} in all."
+            f"{where}: layer {index} {name} hold dense rows {tuple(dense.shape)} at positions "
+            f"{tuple(positions.shape)}, expected (1, {heads}, rows, {head_dim}) at (1, {heads}, rows)."
         )
-    heads, head_dim = _check_shape(where, index, name, data, data.shape[-2], expected)
-    _check_shape(where, index, f"{name} (dense part)", dense, dense.shape[-2], expected)
-    if (dense.shape[1], dense.shape[3]) != (heads, head_dim):
-        raise CacheEntryError(f"{where}: layer {index} {name}: the dense and int8 parts have other head shapes.")
     if data.dtype != torch.int8:
         raise CacheEntryError(f"{where}: layer {index} {name} are {data.dtype}, int8 states hold int8.")
+    if positions.dtype != torch.int32:
+        raise CacheEntryError(f"{where}: layer {index} {name} positions are {positions.dtype}, expected int32.")
+    if rows and (int(positions.min()) < 0 or int(positions.max()) >= seq or bool((positions.diff(dim=-1) <= 0).any())):
+        raise CacheEntryError(
+            f"{where}: layer {index} {name}: the dense rows' positions are not increasing in [0, {seq})."
+        )
     if dense.dtype != dtype:
         raise CacheEntryError(f"{where}: layer {index} {name}: the dense part is {dense.dtype}, the states {dtype}.")
     if not torch.isfinite(dense.sum(dtype=torch.float32)):

@@ -1,32 +1,37 @@
-"""Cached states kept in 8 bits: int8 with a float32 scale and offset per (layer, head, channel), the first position
-kept as computed.
+"""Cached states kept in 8 bits: int8 with a float32 scale and offset per (layer, head, channel), the few outlier
+positions (the first one included) kept as computed.
 
 `quantize_states(states)` turns `KVStates` into `QuantizedKVStates`, which hold int8 keys and values with their scales
 and offsets and hand back dequantized tensors in the model's dtype from `layers()`, so everything that reads states
 (composition, re-rotation of keys, the cache loss) works unchanged; only the stored bytes shrink. The stores take
 `quantize="int8"` (`MemoryKVStore`, `DiskKVStore`).
 
-The format, per layer and for keys and values alike:
+The format, per layer, head, and for keys and values alike:
 
-- positions `0..DENSE_POSITIONS-1` stay in the model's dtype. The first position is the attention sink: later tokens
-  put much of their attention there, so its error reaches every answer (KVQuant and IntactKV keep it exact for the
-  same reason);
-- the other positions are int8, asymmetric per head and channel over those positions:
+- `dense_row_count(seq)` positions (`DENSE_ROWS + ceil(DENSE_FRACTION * seq)`) stay in the model's dtype: the first
+  position (the attention sink: later tokens put much of their attention there, so its error reaches every answer;
+  KVQuant and IntactKV keep it exact for the same reason) and the positions that stray farthest from the channel
+  medians (largest deviation over the channels, in units of each channel's mean deviation). A few such outlier tokens
+  otherwise widen the ranges of every channel;
+- every position is int8, asymmetric per head and channel over the other positions:
   `scale = (max - min) / 255`, `x ~= int8 * scale + offset` with `offset = min + 128 * scale`, an error of at most
   `scale / 2`. Per-channel ranges suit keys, whose outliers sit in fixed channels (KIVI, Liu et al. 2024), and cost no
-  bytes per token, so every further token takes exactly half the bytes of bf16 (a quarter of fp32); the scales,
-  offsets and first position are a fixed block per entry.
+  bytes per token, so every further token takes half the bytes of bf16 (a quarter of fp32), plus the outlier rows
+  (1% of the tokens) and a fixed block per entry (scales, offsets, `DENSE_ROWS` rows).
 
-Chosen on the default model by the RMS change of the next-token logits along greedy 32-token answers (man-page
-questions 0..99, causal states; bf16 storage of the same states: 0.010): symmetric per-channel int8 0.067, the same
-with the first position kept 0.027, asymmetric with it kept 0.018 (this format). Per-token scales after a Hadamard
-rotation reached 0.019 but cost 6% more bytes per token; fp8 (e4m3) with per-channel scales changed more answers than
-symmetric int8. With bidirectional states (questions 0..39) asymmetric ranges matter most (0.037 -> 0.023; keeping the
-first position changes little there). `benchmarks/kv_quantization.py` measures the format on other questions.
+Chosen on the default model (man-page questions 0..99, causal states, greedy 32-token answers; bf16 storage of the
+same states: RMS change of the next-token logits 0.010, 40/40 answers of questions 0..39 identical). By RMS change:
+symmetric per-channel int8 0.067, the same with the first position kept 0.027, asymmetric with it kept 0.018.
+Per-token scales after a Hadamard rotation reached 0.019 but cost 6% more bytes per token; fp8 (e4m3) with
+per-channel scales changed more answers than symmetric int8. By identical answers (questions 0..39): asymmetric with
+the first position kept 36/40 (values caused most changes: 37/40 with exact keys, 39/40 with exact values); keeping
+8 more outlier rows 39/40, 32 more 40/40; per-token value ranges 38/40. `benchmarks/kv_quantization.py` measures the
+format on other questions.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,7 +43,9 @@ from .states import KVStates, cache_from_layers
 __all__ = [
     "Quantization",
     "QUANTIZATIONS",
-    "DENSE_POSITIONS",
+    "DENSE_ROWS",
+    "DENSE_FRACTION",
+    "dense_row_count",
     "QuantizedTensor",
     "QuantizedKVStates",
     "quantize_states",
@@ -49,8 +56,10 @@ __all__ = [
 
 Quantization = Literal["int8"]
 QUANTIZATIONS = ("int8",)
-DENSE_POSITIONS = 1
-"""Leading positions kept in the model's dtype (the attention sink)."""
+DENSE_ROWS = 8
+"""Positions kept in the model's dtype in every entry (the first one and the strongest outliers)..."""
+DENSE_FRACTION = 0.01
+"""...and this share of the positions more (outliers)."""
 _STEPS = 255  # int8: 256 levels, -128..127
 
 
@@ -69,23 +78,30 @@ def parse_dtype(name: str) -> torch.dtype:
     return dtype
 
 
+def dense_row_count(seq: int) -> int:
+    """How many of `seq` positions an entry keeps in the model's dtype."""
+    return min(seq, DENSE_ROWS + math.ceil(DENSE_FRACTION * seq))
+
+
 @dataclass(frozen=True)
 class QuantizedTensor:
     """Keys or values of one layer in 8 bits.
 
     Attributes:
-        dense: `[1, kv_heads, d, head_dim]`, the first `d` positions in the model's dtype.
-        data: int8 `[1, kv_heads, seq - d, head_dim]`, the other positions.
-        scale, offset: float32 `[1, kv_heads, 1, head_dim]`: `data * scale + offset` approximates them.
+        dense: `[1, kv_heads, d, head_dim]`, `d` positions per head in the model's dtype.
+        data: int8 `[1, kv_heads, seq, head_dim]`, every position (those of `dense` are replaced by it).
+        scale, offset: float32 `[1, kv_heads, 1, head_dim]`: `data * scale + offset` approximates the positions.
+        positions: int32 `[1, kv_heads, d]`, the positions of `dense`'s rows (position 0 among them).
     """
 
     dense: torch.Tensor
     data: torch.Tensor
     scale: torch.Tensor
     offset: torch.Tensor
+    positions: torch.Tensor
 
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.dense, self.data, self.scale, self.offset
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.dense, self.data, self.scale, self.offset, self.positions
 
     @property
     def nbytes(self) -> int:
@@ -94,33 +110,45 @@ class QuantizedTensor:
     def dequantize(self) -> torch.Tensor:
         """The `[1, kv_heads, seq, head_dim]` tensor in the dtype of `dense` (a new tensor; computed in float32)."""
         dense, data = self.dense, self.data
-        out = torch.empty(
-            (*data.shape[:2], dense.shape[-2] + data.shape[-2], data.shape[-1]), dtype=dense.dtype, device=data.device
-        )
-        out[..., : dense.shape[-2], :] = dense
-        rest = out[..., dense.shape[-2] :, :]
-        if out.dtype == torch.float32:
-            torch.mul(data, self.scale, out=rest)  # int8 x float32 -> float32, written in place
-            rest.add_(self.offset)
+        if dense.dtype == torch.float32:
+            out = torch.mul(data, self.scale)  # int8 x float32 -> float32
+            out.add_(self.offset)
         else:
-            rest.copy_(torch.addcmul(self.offset, data.float(), self.scale))  # one rounding to the model's dtype
-        return out
+            out = torch.addcmul(self.offset, data.float(), self.scale).to(dense.dtype)  # one rounding
+        rows = self.positions.long().unsqueeze(-1).expand(-1, -1, -1, data.shape[-1])
+        return out.scatter_(-2, rows, dense)
 
 
-def quantize_tensor(tensor: torch.Tensor, dense_positions: int = DENSE_POSITIONS) -> QuantizedTensor:
-    """`tensor` `[1, kv_heads, seq, head_dim]` in 8 bits: the first `dense_positions` positions as they are, the rest
-    int8 with a scale and offset per head and channel (a constant channel gets scale 0 and is exact)."""
+def _outlier_positions(tensor: torch.Tensor, count: int) -> torch.Tensor:
+    """`[1, heads, count]` positions per head, sorted: position 0 and those whose largest deviation from the channel
+    medians (in units of the channel's mean absolute deviation) is largest."""
+    deviation = (tensor - tensor.median(dim=-2, keepdim=True).values).abs()
+    score = (deviation / deviation.mean(dim=-2, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)).amax(-1)
+    score[..., 0] = float("inf")
+    return score.topk(count, dim=-1).indices.sort(dim=-1).values
+
+
+def quantize_tensor(tensor: torch.Tensor, dense_rows: int | None = None) -> QuantizedTensor:
+    """`tensor` `[1, kv_heads, seq, head_dim]` in 8 bits: `dense_rows` positions per head (default
+    `dense_row_count(seq)`; position 0 first among them) as they are, every position int8 with a scale and offset per
+    head and channel over the other positions (a constant channel gets scale 0 and is exact)."""
     tensor = tensor.detach()
-    dense = tensor[..., :dense_positions, :].clone()
-    rest = tensor[..., dense_positions:, :].float()
-    if rest.shape[-2] == 0:
-        low = high = rest.new_zeros((*rest.shape[:2], 1, rest.shape[-1]))
+    seq, head_dim = tensor.shape[-2], tensor.shape[-1]
+    count = dense_row_count(seq) if dense_rows is None else min(dense_rows, seq)
+    values = tensor.float()
+    positions = _outlier_positions(values, count) if count else values.new_zeros((*values.shape[:2], 0), dtype=int)
+    dense = tensor.gather(-2, positions.unsqueeze(-1).expand(-1, -1, -1, head_dim))
+    if count < seq:
+        kept = torch.zeros(values.shape[:3], dtype=torch.bool, device=values.device).scatter_(-1, positions, True)
+        kept = kept.unsqueeze(-1)
+        low = values.masked_fill(kept, float("inf")).amin(dim=-2, keepdim=True)
+        high = values.masked_fill(kept, float("-inf")).amax(dim=-2, keepdim=True)
     else:
-        low, high = rest.amin(dim=-2, keepdim=True), rest.amax(dim=-2, keepdim=True)
+        low = high = values.new_zeros((*values.shape[:2], 1, head_dim))
     scale = (high - low) / _STEPS
-    steps = torch.round((rest - low) / scale.clamp_min(torch.finfo(torch.float32).tiny)).clamp_(0, _STEPS)
+    steps = torch.round((values.clamp(low, high) - low) / scale.clamp_min(torch.finfo(torch.float32).tiny))
     offset = low + 128 * scale
-    return QuantizedTensor(dense, (steps - 128).to(torch.int8), scale, offset)
+    return QuantizedTensor(dense, (steps.clamp_(0, _STEPS) - 128).to(torch.int8), scale, offset, positions.int())
 
 
 class QuantizedKVStates(KVStates):
@@ -169,29 +197,29 @@ class QuantizedKVStates(KVStates):
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the int8 states, their scales and offsets and the dense first positions (what they take in a
-        store)."""
+        """Bytes of the int8 states, their scales and offsets and the dense rows with their positions (what they take
+        in a store)."""
         return sum(keys.nbytes + values.nbytes for keys, values in self.quantized)
 
 
 def quantize_states(
-    states: KVStates, quantize: Quantization = "int8", dense_positions: int = DENSE_POSITIONS
+    states: KVStates, quantize: Quantization = "int8", dense_rows: int | None = None
 ) -> QuantizedKVStates:
     """`states` in 8 bits (`QuantizedKVStates`); states already in 8 bits are returned as they are.
 
     Args:
         states: the states (any dtype; dequantized back to it).
         quantize: the format, `"int8"`.
-        dense_positions: leading positions kept as they are (default `DENSE_POSITIONS`, the attention sink).
+        dense_rows: positions per head kept as they are (default `dense_row_count(seq)`: position 0 and outliers).
     """
     if check_quantize(quantize) is None:
         raise ValueError("`quantize` must name a format, e.g. 'int8'.")
-    if not isinstance(dense_positions, int) or isinstance(dense_positions, bool) or dense_positions < 0:
-        raise ValueError(f"`dense_positions` must be a non-negative int, got {dense_positions!r}.")
+    if dense_rows is not None and (not isinstance(dense_rows, int) or isinstance(dense_rows, bool) or dense_rows < 0):
+        raise ValueError(f"`dense_rows` must be None or a non-negative int, got {dense_rows!r}.")
     if isinstance(states, QuantizedKVStates):
         return states
     layers = states.layers()
     if not layers:
         raise ValueError("`states` hold no layers.")
-    quantized = [(quantize_tensor(k, dense_positions), quantize_tensor(v, dense_positions)) for k, v in layers]
+    quantized = [(quantize_tensor(k, dense_rows), quantize_tensor(v, dense_rows)) for k, v in layers]
     return QuantizedKVStates(states.input_ids, quantized, states.is_causal, layers[0][0].dtype)

@@ -24,14 +24,15 @@ from grit_hf.cache import (
     quantize_states,
 )
 from grit_hf.cache.entries import checksum
-from grit_hf.cache.quantization import DENSE_POSITIONS, QuantizedTensor, quantize_tensor
+from grit_hf.cache.quantization import DENSE_FRACTION, QuantizedTensor, dense_row_count, quantize_tensor
 
 HEADS, HEAD_DIM = 2, 8
+SEQ = 40  # 9 dense rows per head (`dense_row_count`), 31 int8 only
 LAYOUT = f"layers=2;kv_heads={HEADS};head_dim={HEAD_DIM};vocab=100"
 FINGERPRINT = Fingerprint("tiny", "c", "w", "t", "torch.float32", "<|embed|>\n", "bidirectional", LAYOUT)
 
 
-def _states(seq: int = 9, seed: int = 0, dtype=torch.float32, layers: int = 2) -> KVStates:
+def _states(seq: int = SEQ, seed: int = 0, dtype=torch.float32, layers: int = 2) -> KVStates:
     generator = torch.Generator().manual_seed(seed)
     pairs = []
     for _ in range(layers):
@@ -55,19 +56,34 @@ def test_round_trip_keeps_shape_and_dtype_and_the_error_is_bounded_by_half_a_ste
     assert quantized.input_ids is states.input_ids
     for (keys, values), (k8, v8), pair in zip(states.layers(), quantized.layers(), quantized.quantized):
         for original, restored, part in zip((keys, values), (k8, v8), pair):
-            assert restored.shape == original.shape and restored.dtype == dtype
-            # the first position (the attention sink) is kept exactly
-            assert torch.equal(restored[..., :DENSE_POSITIONS, :], original[..., :DENSE_POSITIONS, :])
-            rest = original[..., DENSE_POSITIONS:, :].float()
-            low, high = rest.amin(dim=-2, keepdim=True), rest.amax(dim=-2, keepdim=True)  # per head and channel
+            assert restored.shape == original.shape and restored.dtype == dtype and part.data.dtype == torch.int8
+            assert part.positions.shape == (1, HEADS, dense_row_count(33)) and (part.positions[..., 0] == 0).all()
+            kept = torch.zeros(1, HEADS, 33, dtype=torch.bool).scatter_(-1, part.positions.long(), True)[..., None]
+            # the dense rows (the first position, the attention sink, and the outliers) are kept exactly
+            assert torch.equal(restored.masked_fill(~kept, 0), original.masked_fill(~kept, 0))
+            rest = original.float()
+            low = rest.masked_fill(kept, float("inf")).amin(dim=-2, keepdim=True)  # per head and channel
+            high = rest.masked_fill(kept, float("-inf")).amax(dim=-2, keepdim=True)
             scale = (high - low) / 255
-            assert torch.allclose(part.scale, scale) and part.data.dtype == torch.int8
-            error = (restored[..., DENSE_POSITIONS:, :].float() - rest).abs()
+            assert torch.allclose(part.scale, scale)
+            error = (restored.float() - rest).abs().masked_fill(kept, 0)
             rounding = 0 if dtype == torch.float32 else rest.abs() * 2.0**-7  # the model dtype's own rounding
             assert (error <= scale / 2 * (1 + 1e-5) + rounding + 1e-7).all()
     # per-channel scales: the outlier channel does not cost the others their precision
     keys, k8 = states.layers()[0][0].float(), quantized.layers()[0][0].float()
-    assert (k8 - keys)[..., 1:, 0].abs().max() < (k8 - keys)[..., 1:, 3].abs().max() / 5
+    assert (k8 - keys)[..., 0].abs().max() < (k8 - keys)[..., 3].abs().max() / 5
+
+
+def test_an_outlier_token_is_kept_dense_and_does_not_widen_the_ranges():
+    values = torch.randn(1, HEADS, 200, HEAD_DIM, generator=torch.Generator().manual_seed(1))
+    values[:, 1, 117] *= 50  # one token far out in head 1
+    part = quantize_tensor(values)
+    assert 117 in part.positions[0, 1].tolist()
+    assert part.scale[:, 1].max() < 10 / 255  # the range of the other tokens, not of the outlier
+    assert torch.equal(part.dequantize()[:, 1, 117], values[:, 1, 117])
+    alone = quantize_tensor(values, dense_rows=1)  # only the first position dense: the outlier sets the range
+    assert alone.scale[:, 1].max() > 3 * part.scale[:, 1].max()
+    assert (alone.dequantize() - values).abs().max() > 3 * (part.dequantize() - values).abs().max()
 
 
 def test_zero_channels_single_positions_and_requantizing():
@@ -79,37 +95,40 @@ def test_zero_channels_single_positions_and_requantizing():
     error = (quantize_tensor(skewed).dequantize() - skewed).abs().max()
     assert error <= 1 / 255 / 2 * 1.01  # the offset spends all 256 levels on the channel's range
     one = _states(seq=1)
-    quantized = quantize_states(one)  # the dense position is all there is: nothing int8
-    assert quantized.quantized[0][0].data.shape == (1, HEADS, 0, HEAD_DIM)
+    quantized = quantize_states(one)  # the dense position is all there is
+    assert quantized.quantized[0][0].dense.shape == (1, HEADS, 1, HEAD_DIM)
     assert torch.equal(quantized.layers()[0][0], one.layers()[0][0])
     assert quantize_states(quantized) is quantized  # already 8 bits
-    none_dense = quantize_states(_states(), dense_positions=0)
-    assert none_dense.quantized[0][0].dense.shape[-2] == 0 and none_dense.layers()[0][0].shape[-2] == 9
+    none_dense = quantize_states(_states(), dense_rows=0)
+    assert none_dense.quantized[0][0].dense.shape[-2] == 0 and none_dense.layers()[0][0].shape[-2] == SEQ
     with pytest.raises(ValueError, match="`quantize`"):
         quantize_states(one, "int4")
-    with pytest.raises(ValueError, match="`dense_positions`"):
-        quantize_states(one, dense_positions=-1)
+    with pytest.raises(ValueError, match="`dense_rows`"):
+        quantize_states(one, dense_rows=-1)
 
 
 def test_layers_are_new_tensors_and_cache_holds_them():
     quantized = quantize_states(_states())
     first, second = quantized.layers(), quantized.layers()
     assert first[0][0] is not second[0][0] and torch.equal(first[0][0], second[0][0])
-    assert quantized.cache.get_seq_length() == 9 and torch.equal(quantized.cache.layers[1].values, first[1][1])
+    assert quantized.cache.get_seq_length() == SEQ and torch.equal(quantized.cache.layers[1].values, first[1][1])
     assert "storage='int8'" in repr(quantized)
 
 
 @pytest.mark.parametrize("dtype, dense_token", [(torch.float32, 4), (torch.bfloat16, 2)])
-def test_each_further_token_takes_half_the_bytes_of_bf16(dtype, dense_token):
-    """Per token: exactly 1 byte per element (bf16: 2). Per entry: the scales and offsets (float32 per head and
-    channel, keys and values) and the dense first position (`dense_token` bytes per element)."""
+def test_each_further_token_takes_half_the_bytes_of_bf16_plus_its_share_of_outlier_rows(dtype, dense_token):
+    """Per token: 1 byte per element (bf16: 2), plus the dense rows (`dense_token` bytes per element and an int32
+    position per head) of 1% of the tokens. Per entry: the scales and offsets (float32 per head and channel, keys and
+    values) and `DENSE_ROWS` dense rows."""
     elements_per_token = 2 * 2 * HEADS * HEAD_DIM  # layers x (keys, values) x heads x head_dim
     bf16 = elements_per_token * 2
+    row = elements_per_token * dense_token + elements_per_token // HEAD_DIM * 4  # a dense row and its positions
     sizes = {seq: quantize_states(_states(seq=seq, dtype=dtype)).nbytes for seq in (100, 1100)}
-    assert (sizes[1100] - sizes[100]) / 1000 == 0.5 * bf16
-    fixed = elements_per_token * (4 + 4 + dense_token)  # scales, offsets, first position
     for seq, size in sizes.items():
-        assert size == elements_per_token * (seq - 1) + fixed
+        assert size == elements_per_token * (seq + 4 + 4) + dense_row_count(seq) * row
+    per_token = (sizes[1100] - sizes[100]) / 1000
+    assert per_token == 0.5 * bf16 + (dense_row_count(1100) - dense_row_count(100)) / 1000 * row
+    assert per_token <= 0.5 * bf16 + DENSE_FRACTION * row  # bf16: 0.51x, float32 states: 0.52x of bf16
     assert _states(seq=100, dtype=torch.bfloat16).nbytes == 100 * bf16
 
 
@@ -119,7 +138,8 @@ def test_memory_store_keeps_int8_and_counts_its_bytes():
     states = _states(seq=100)
     store.put("a", states)
     kept = store.get("a")
-    assert isinstance(kept, QuantizedKVStates) and store.nbytes == kept.nbytes < states.nbytes * 0.28
+    assert isinstance(kept, QuantizedKVStates) and store.nbytes == kept.nbytes == quantize_states(states).nbytes
+    assert kept.nbytes < states.nbytes * 0.38  # fp32 states: int8 is a quarter, plus 9 dense rows of 100
     for (keys, values), (k8, v8) in zip(states.layers(), kept.layers()):
         assert (keys - k8).abs().max() < keys.abs().max() / 200 and (
             values - v8
@@ -142,7 +162,8 @@ def test_int8_states_are_kept_as_they_are_by_any_store_and_checked():
         MemoryKVStore(fingerprint=_fingerprint(torch.bfloat16)).put("a", quantized)
     bad = quantize_states(_states())
     keys, values = bad.quantized[0]
-    bad.quantized[0] = (QuantizedTensor(keys.dense, keys.data, keys.scale.fill_(float("nan")), keys.offset), values)
+    nan_scale = QuantizedTensor(keys.dense, keys.data, keys.scale.fill_(float("nan")), keys.offset, keys.positions)
+    bad.quantized[0] = (nan_scale, values)
     with pytest.raises(CacheEntryError, match="layer 0 keys scales hold negative, NaN or infinite"):
         MemoryKVStore(fingerprint=FINGERPRINT).put("a", bad)
     with pytest.raises(CacheEntryError, match="layer 0 keys hold NaN"):  # NaN never reaches a scale
@@ -170,7 +191,7 @@ def test_disk_round_trip_of_int8_entries(tmp_path, dtype):
     assert store.keys() == ["doc/ü"] and "doc/ü" in store and store.delete("doc/ü") and "doc/ü" not in store
 
 
-def test_int8_files_record_their_format_and_are_half_the_size_of_bf16(tmp_path):
+def test_int8_files_record_their_format_and_are_about_half_the_size_of_bf16(tmp_path):
     fingerprint = _fingerprint(torch.bfloat16)
     states = _states(seq=2000, dtype=torch.bfloat16)
     dense, int8 = (
@@ -184,7 +205,8 @@ def test_int8_files_record_their_format_and_are_half_the_size_of_bf16(tmp_path):
         names = set(handle.keys())
     assert metadata["format"] == "grit_hf.kv/3" and metadata["storage"] == "int8"
     assert Fingerprint.from_json(metadata["fingerprint"]) == replace(fingerprint, storage="int8")
-    assert {"layers.1.values", "layers.1.values_scale", "layers.1.values_offset", "layers.1.values_dense"} <= names
+    parts = ("", "_scale", "_offset", "_dense", "_positions")
+    assert {f"layers.1.values{part}" for part in parts} <= names
     assert set(json.loads(metadata["checksums"])) == names  # the checksums cover the scales too
     with safe_open(str(dense.path_for("a")), framework="pt") as handle:
         assert handle.metadata()["format"] == "grit_hf.kv/2"
@@ -195,8 +217,10 @@ def test_int8_files_record_their_format_and_are_half_the_size_of_bf16(tmp_path):
 
     elements_per_token = 2 * 2 * HEADS * HEAD_DIM
     assert state_bytes(dense.path_for("a")) == 2000 * elements_per_token * 2
-    # per token half of bf16; per entry float32 scales and offsets and the bf16 first position
-    assert state_bytes(int8.path_for("a")) == 1999 * elements_per_token + elements_per_token * (4 + 4 + 2)
+    # per token half of bf16; float32 scales and offsets per entry; the bf16 dense rows with their int32 positions
+    row = elements_per_token * 2 + elements_per_token // HEAD_DIM * 4
+    assert state_bytes(int8.path_for("a")) == elements_per_token * (2000 + 4 + 4) + dense_row_count(2000) * row
+    assert state_bytes(int8.path_for("a")) / state_bytes(dense.path_for("a")) < 0.52
 
 
 def test_old_dense_entries_load_exactly_in_a_quantizing_store(tmp_path):
@@ -241,14 +265,15 @@ def test_the_memory_front_of_a_disk_store_keeps_int8(tmp_path):
 
 
 # -- damaged and malformed int8 entries ---------------------------------------------------------------------------------
-def _int8_tensors(seq: int = 9, dense_positions: int = DENSE_POSITIONS) -> dict[str, torch.Tensor]:
+def _int8_tensors(seq: int = SEQ, dense_rows: int | None = None) -> dict[str, torch.Tensor]:
     tensors = {"input_ids": torch.arange(seq)}
-    for index, pair in enumerate(quantize_states(_states(seq=seq), dense_positions=dense_positions).quantized):
+    for index, pair in enumerate(quantize_states(_states(seq=seq), dense_rows=dense_rows).quantized):
         for kind, part in zip(("keys", "values"), pair):
             tensors[f"layers.{index}.{kind}"] = part.data
             tensors[f"layers.{index}.{kind}_scale"] = part.scale
             tensors[f"layers.{index}.{kind}_offset"] = part.offset
             tensors[f"layers.{index}.{kind}_dense"] = part.dense
+            tensors[f"layers.{index}.{kind}_positions"] = part.positions
     return tensors
 
 
@@ -285,11 +310,21 @@ def _changed(name: str, make) -> dict:
         (_changed("layers.1.keys_offset", lambda t: t[:, :1]), r"keys offsets are torch.float32 \(1, 1, 1, 8\)"),
         (_changed("layers.1.keys_offset", lambda t: t * float("nan")), "offsets hold NaN or infinite"),
         (_changed("layers.0.keys", lambda t: t.float()), "keys are torch.float32, int8 states hold int8"),
-        (_changed("layers.0.keys", lambda t: t[:, :, :5]), "expected 9 in all"),
+        (
+            _changed("layers.0.keys", lambda t: t[:, :, :5]),
+            r"shape \(1, 2, 5, 8\), expected \(1, heads, 40, head_dim\)",
+        ),
         (_changed("layers.1.keys", lambda t: torch.cat([t, t], 1)), "4 heads of 8, the model 2 of 8"),
         (_changed("layers.0.values_dense", lambda t: t.half()), "the dense part is torch.float16"),
         (_changed("layers.0.values_dense", lambda t: t * float("inf")), "hold NaN or infinite"),
-        (_changed("layers.0.keys_dense", lambda t: t[..., :0, :]), "expected 9 in all"),
+        (
+            _changed("layers.0.keys_dense", lambda t: t[..., :0, :]),
+            r"dense rows \(1, 2, 0, 8\) at positions \(1, 2, 9\)",
+        ),
+        (_changed("layers.0.keys_positions", lambda t: t.long()), "positions are torch.int64, expected int32"),
+        (_changed("layers.1.values_positions", lambda t: t.flip(-1)), "positions are not increasing in"),
+        (_changed("layers.1.values_positions", lambda t: t + 39), r"positions are not increasing in \[0, 40\)"),
+        (_changed("layers.1.values_positions", lambda t: t - 1), "positions are not increasing in"),
     ],
 )
 def test_int8_entries_that_do_not_fit_are_refused(tmp_path, tensors, message):
@@ -341,8 +376,8 @@ def test_a_dense_format_file_holding_int8_tensors_is_refused(tmp_path):
     store = DiskKVStore(tmp_path, fingerprint=FINGERPRINT)
     tensors = {
         name: tensor
-        for name, tensor in _int8_tensors(dense_positions=0).items()
-        if not name.endswith(("_scale", "_offset", "_dense"))
+        for name, tensor in _int8_tensors(dense_rows=0).items()
+        if not name.endswith(("_scale", "_offset", "_dense", "_positions"))
     }
     _write_int8(store, "a", tensors, format="grit_hf.kv/2", fingerprint=FINGERPRINT.to_json())
     with pytest.raises(CacheEntryError, match="are torch.int8, the model computes torch.float32"):
