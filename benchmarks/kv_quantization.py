@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import shutil
 import statistics
 import sys
 import tempfile
@@ -243,6 +244,7 @@ def latency(model, args) -> dict:
         rag.store.delete(doc_id)
         for storage in paths:
             paths[storage].unlink()
+    shutil.rmtree(folder, ignore_errors=True)
     return {"rows": results}
 
 

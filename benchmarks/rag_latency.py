@@ -27,6 +27,7 @@ import gc
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -168,9 +169,10 @@ def disk_timings(rag, doc_id, query, new_tokens, runs, device):
             gc.collect()
             evict_from_page_cache(path)
             answer_cold.append(time_mode(rag, query, doc_id, "doc", None, new_tokens, device)[0])
+        size = path.stat().st_size
     finally:
         rag.store = memory
-    size = path.stat().st_size
+        shutil.rmtree(folder, ignore_errors=True)
     return {
         "bytes": size,
         "open_warm_s": statistics.median(warm),
