@@ -45,6 +45,22 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"GRIT_HF_STRICT_TESTS=1: skipped for {reason!r}, which strict mode does not allow."
 
 
+@pytest.hookimpl(tryfirst=True)  # before the terminal reporter files it as skipped
+def pytest_collectreport(report):
+    """A module that skips while it is collected (`pytest.importorskip` at its top: a missing package) counts and,
+    in strict mode, fails like a skipped test."""
+    if not report.skipped:
+        return
+    location, reason = _skip_location_and_reason(report)
+    allowed = bool(_ALLOWED_SKIP.search(reason))
+    _skip_reasons[("allowed" if allowed else "NOT ALLOWED in strict mode", f"{report.nodeid}: {reason}")] += 1
+    if STRICT and not allowed:
+        report.outcome = "failed"
+        report.longrepr = (
+            f"GRIT_HF_STRICT_TESTS=1: {report.nodeid} skipped for {reason!r}, which strict mode does not allow."
+        )
+
+
 def pytest_terminal_summary(terminalreporter):
     if _skip_reasons:
         terminalreporter.section("skips by reason")
