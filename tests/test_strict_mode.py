@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 TESTS = Path(__file__).resolve().parent
 PROBES = {
     "test_missing_package.py": "import pytest\npytest.importorskip('no_such_package_xyz')\n",
