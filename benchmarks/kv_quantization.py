@@ -292,7 +292,7 @@ def markdown(report: dict) -> str:
             "",
             "Bytes per token are over the questions' documents (mean "
             f"{report['fidelity'][0]['tokens'] / report['fidelity'][0]['questions']:.0f} tokens), the fixed block "
-            "per entry (scales, offsets, first position) included. int8 states of bf16 states (a bf16 model) take "
+            "per entry (scales, offsets, dense outlier rows) included. int8 states of bf16 states (a bf16 model) take "
             + ", ".join(
                 f"{r['bytes_per_token']['int8_of_bf16_states'] / r['bytes_per_token']['bf16']:.3f}"
                 for r in report["fidelity"][:1]
