@@ -90,16 +90,18 @@ def offset_causal_sdpa_attention(
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
         )
-    groups = query.shape[1] // key.shape[1]
-    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     cached = kv_length - q_length
     if PAD_RATIO * cached <= q_length:
         # Few cached positions: pad the queries to the keys' length with `cached` rows in front, so that torch's
-        # top-left causal mask is the lower-right one, in one call. Each row's output depends only on its own query:
-        # the new rows are exactly what a plain prefill of the whole prompt computes for them.
+        # top-left causal mask is the lower-right one, in one call: the call of a plain prefill of the whole prompt
+        # (each row's output depends only on its own query, so the new rows get exactly what it computes for them).
         padded = torch.cat([query.new_zeros((*query.shape[:2], cached, query.shape[-1])), query], dim=2)
-        output = _flash(padded, key, value, True, scaling)[0][:, :, cached:]
-        return output.to(query.dtype).transpose(1, 2).contiguous(), None
+        output = torch.nn.functional.scaled_dot_product_attention(
+            padded, key, value, is_causal=True, scale=scaling, enable_gqa=key.shape[1] != query.shape[1]
+        )[:, :, cached:]
+        return output.transpose(1, 2).contiguous(), None
+    groups = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     out_cached, lse_cached = _flash(query, key[:, :, :cached], value[:, :, :cached], False, scaling)
     out_new, lse_new = _flash(query, key[:, :, cached:], value[:, :, cached:], True, scaling)
     lse = torch.logaddexp(lse_cached, lse_new)

@@ -32,11 +32,20 @@ def test_loaded_models_use_grit_sdpa(model):
 @pytest.mark.parametrize("cached", [1, 7, 9, 30])  # padded queries (1, 7), merged calls (9, 30)
 def test_prefill_after_a_cache_equals_the_masked_kernels(model, monkeypatch, cached):
     ids = torch.randint(3, 300, (1, 40), generator=torch.Generator().manual_seed(cached))
-    calls, flash = [], attention._flash
-    monkeypatch.setattr(attention, "_flash", lambda *args: calls.append(1) or flash(*args))
+    calls, flash, sdpa = [], attention._flash, torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(attention, "_flash", lambda *args: calls.append("merged") or flash(*args))
+
+    def counted_sdpa(query, *args, **kwargs):  # the padded call has a query row per key (40); the first pass fewer
+        if query.shape[2] == ids.shape[1]:
+            calls.append("padded")
+        return sdpa(query, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted_sdpa)
     fast, fast_cache = _prefill_after_cache(model, "grit_sdpa", ids, cached)
+    monkeypatch.undo()
     padded = attention.PAD_RATIO * cached <= ids.shape[1] - cached  # one padded call, else cached part + new part
-    assert len(calls) == (1 if padded else 2) * model.config.text_config.num_hidden_layers
+    layers = model.config.text_config.num_hidden_layers
+    assert calls == (["padded"] * layers if padded else ["merged"] * 2 * layers), calls
     for reference in ("sdpa", "eager"):
         logits, cache = _prefill_after_cache(model, reference, ids, cached)
         torch.testing.assert_close(fast, logits, rtol=1e-5, atol=1e-5)
