@@ -75,7 +75,11 @@ def resolve_checkpoint(name: str | os.PathLike, revision: str | None = None) -> 
             f"`model` {text!r} is neither an existing folder nor a Hugging Face Hub name (like 'GritLM/GritLM-7B')."
         ) from None
     try:
-        return Path(snapshot_download(text, revision=revision, allow_patterns=HUB_PATTERNS))
+        # offline: say so (huggingface_hub < 1.32 otherwise tries to list the files of a commit-hash revision)
+        offline = bool(hub_constants.HF_HUB_OFFLINE)
+        return Path(
+            snapshot_download(text, revision=revision, allow_patterns=HUB_PATTERNS, local_files_only=offline)
+        )
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as error:
         command = f"hf download {text}" + (f" --revision {revision}" if revision else "")
         what = f"{text!r} at revision {revision!r}" if revision else repr(text)
