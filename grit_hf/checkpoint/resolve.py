@@ -77,9 +77,7 @@ def resolve_checkpoint(name: str | os.PathLike, revision: str | None = None) -> 
     try:
         # offline: say so (huggingface_hub < 1.32 otherwise tries to list the files of a commit-hash revision)
         offline = bool(hub_constants.HF_HUB_OFFLINE)
-        return Path(
-            snapshot_download(text, revision=revision, allow_patterns=HUB_PATTERNS, local_files_only=offline)
-        )
+        return Path(snapshot_download(text, revision=revision, allow_patterns=HUB_PATTERNS, local_files_only=offline))
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as error:
         command = f"hf download {text}" + (f" --revision {revision}" if revision else "")
         what = f"{text!r} at revision {revision!r}" if revision else repr(text)
