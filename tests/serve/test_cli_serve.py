@@ -53,3 +53,31 @@ def test_key_from_the_environment_limits_from_flags_and_a_warning_beyond_the_loo
     assert "without an API key" not in caplog.text
     assert server.config.app.state.grit.settings.api_key == "from-env"
     server.config.app.state.grit.close()
+
+
+def test_serve_model_default_answers_offline(default_model_dir):
+    """`grit-hf serve --model default` (the command's own loading path, offline): embeddings equal `encode`, and a
+    chat answer comes back."""
+    import numpy as np
+    from serve_helpers import start_server
+
+    from grit_hf import load_model
+
+    running = start_server(["--model", "default", "--max-tokens", "8"])
+    try:
+        client = running.openai()
+        (served,) = [model.id for model in client.models.list().data]
+        assert served == "SmolLM2-135M-Instruct-grit"
+        text = "chgrp changes the group ownership of each file."
+        vector = client.embeddings.create(model=served, input=[text]).data[0].embedding
+        expected = load_model("default", device="cpu").encode([text])[0]
+        np.testing.assert_allclose(vector, expected, atol=1e-5)
+        chat = client.chat.completions.create(
+            model=served, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+        )
+        assert chat.choices[0].message.content and chat.usage.completion_tokens <= 4
+    finally:
+        running.stop()
+        from grit_hf.rag import release_shared
+
+        release_shared(running.state.rag.model)
