@@ -104,7 +104,8 @@ def compute_fingerprint(model, is_causal: bool, tokenizer=None, weights_hash: st
         is_causal: whether the states are computed with causal attention.
         tokenizer: defaults to `model.tokenizer`.
         weights_hash: `"sample"` (name, shape, dtype and a 4096-value sample of each parameter; fast even for 7B
-            models) or `"full"` (every byte: any change of any weight is seen; about 0.7 s per GB of weights here).
+            models) or `"full"` (every byte: any change of any weight is seen). Measured on the default model
+            (513 MiB of fp32 weights, one CPU thread): 1.3-1.5 s full, 0.2 s sampled, once per `GritRAG`.
     """
     if weights_hash not in ("sample", "full"):
         raise ValueError(f"Invalid `weights_hash`: {weights_hash!r}. Valid choices are: ('sample', 'full').")
