@@ -72,9 +72,7 @@ def test_serve_model_default_answers_offline(default_model_dir):
         vector = client.embeddings.create(model=served, input=[text]).data[0].embedding
         expected = load_model("default", device="cpu").encode([text])[0]
         np.testing.assert_allclose(vector, expected, atol=1e-5)
-        chat = client.chat.completions.create(
-            model=served, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
-        )
+        chat = client.chat.completions.create(model=served, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
         assert chat.choices[0].message.content and chat.usage.completion_tokens <= 4
     finally:
         running.stop()
