@@ -133,6 +133,20 @@ def evaluate(model, tokenizer, data, passages: list[str]) -> dict:
     }
 
 
+def timed_train(trl_args: list[str], cuda: bool):
+    """Run `grit-hf train` with these arguments: `(trainer, seconds, peak memory in MiB)`."""
+    import torch
+
+    from grit_hf.train import make_parser, train
+
+    training_args, model_args = make_parser().parse_args_and_config(trl_args)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    trainer = train(training_args, model_args)
+    return trainer, time.perf_counter() - start, peak_memory_mib(cuda)
+
+
 def _markdown(report: dict) -> str:
     before, after, train = report["before"], report["after"], report["training"]
     lines = [f"# GRIT fine-tuning of SmolLM2-135M-Instruct on manpages/train ({report['label']})", ""]
@@ -182,7 +196,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from grit_hf.checkpoint.resolve import resolve_checkpoint
     from grit_hf.modeling_gritlm import GritLMForCausalLM
-    from grit_hf.train import make_parser, train
 
     smoke, cuda = args.smoke, torch.cuda.is_available()
     gen_examples = args.gen_examples or (8 if smoke else 1024)
@@ -217,13 +230,7 @@ def main(argv: list[str] | None = None) -> int:
 
     trl_args = ["--config", args.recipe, "--output_dir", str(output_dir / "model"), "--generative_dataset",
                 str(gen_path), "--embedding_dataset", str(DATA / "manpages" / "train"), *overrides]  # fmt: skip
-    training_args, model_args = make_parser().parse_args_and_config(trl_args)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    trainer = train(training_args, model_args)
-    seconds = time.perf_counter() - start
-    peak = peak_memory_mib(cuda)
+    trainer, seconds, peak = timed_train(trl_args, cuda)
     trained = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(trained, "merge_and_unload"):
         trained = trained.merge_and_unload()

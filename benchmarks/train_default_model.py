@@ -28,15 +28,14 @@ import os
 import shlex
 import shutil
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from grit_finetune_smollm2 import evaluate, retrieval_data  # noqa: E402
-from report import data_folder, environment, peak_memory_mib, write_report  # noqa: E402
+from grit_finetune_smollm2 import evaluate, retrieval_data, timed_train  # noqa: E402
+from report import data_folder, environment, write_report  # noqa: E402
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "grit_config.json")
 
@@ -97,7 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     from grit_hf.checkpoint.resolve import resolve_checkpoint
     from grit_hf.checkpoint.saving import merge_adapter_checkpoint
     from grit_hf.rag.examples import read_rag_examples
-    from grit_hf.train import make_parser, train
 
     cuda = torch.cuda.is_available()
     if args.threads:
@@ -131,13 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     trl_args = ["--config", args.recipe, "--output_dir", str(output_dir / "adapter")]
     trl_args += ["--embedding_dataset", str(data / "embedding"), "--generative_dataset", str(data / "generative")]
     trl_args += ["--cache_dataset", str(data / "rag"), *overrides]
-    training_args, model_args = make_parser().parse_args_and_config(trl_args)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    trainer = train(training_args, model_args)
-    seconds = time.perf_counter() - start
-    peak = peak_memory_mib(cuda)
+    trainer, seconds, peak = timed_train(trl_args, cuda)
     adapter = output_dir / "adapter"
     merged = merge_adapter_checkpoint(base_path, adapter, output_dir / "merged")
     trained = GritLMForCausalLM.from_pretrained(merged, dtype=torch.float32).to(device).eval()
