@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -103,6 +104,9 @@ def test_embed_reads_jsonl_input_and_names_a_bad_line(grit_checkpoint, tmp_path)
     source.write_text(json.dumps({"text": "ok"}) + "\n" + json.dumps({"body": "no text"}) + "\n")
     with pytest.raises(SystemExit, match=r"texts.jsonl:2: each line must be an object with a string 'text'"):
         main(["embed", str(source), "-o", str(out), "--model", str(grit_checkpoint("llama"))])
+    missing = tmp_path / "missing.txt"
+    with pytest.raises(SystemExit, match=rf"grit-hf embed: No such file or directory: {re.escape(str(missing))}$"):
+        main(["embed", str(missing), "-o", str(out), "--model", str(grit_checkpoint("llama"))])
 
 
 def test_convert_options_from_the_command_line(stock_checkpoint, tmp_path, capsys):

@@ -40,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.unknown_args = unknown
     start = time.perf_counter()
-    code = args.func(args)
+    try:
+        code = args.func(args)
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as error:  # a path given on the command line
+        raise SystemExit(f"grit-hf {args.command}: {error.strerror}: {error.filename}") from None
     if args.command not in ("demo", "serve"):
         print(f"[grit-hf {args.command}] done in {time.perf_counter() - start:.1f}s", file=sys.stderr)
     return code
