@@ -6,7 +6,7 @@ mask cannot use the CPU flash kernel: the prefill ran ~1.5x slower than plain RA
 attention of the new tokens needs no mask: after a few cached positions (a short cached query or document), the
 queries are padded in front to the keys' length, so torch's top-left causal mask is the right one; after many, it is
 split in two flash-kernel calls, over the cached positions (all visible) and over the new positions (causal), merged
-with their log-sum-exps, exactly. Everything
+with their log-sum-exps, exactly (at inference only: the kernel's log-sum-exp carries no gradient). Everything
 else (padding, sliding windows, bidirectional embedding passes, decoding, CUDA) goes to transformers' own sdpa.
 
 Registered with transformers' `AttentionInterface` / `AttentionMaskInterface` in `grit_hf/__init__.py`;
@@ -37,6 +37,15 @@ def _flash(query, key, value, is_causal: bool, scale: float | None):
     """torch's CPU flash-attention kernel (what sdpa dispatches to without a mask), which also returns the log-sum-exp
     of every query's scores."""
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, 0.0, is_causal, scale=scale)
+
+
+def _sdpa_dtype(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
+    """`query, key, value` in the one dtype sdpa would compute in: under autocast its lower-precision dtype (sdpa is
+    on autocast's list; the aten kernel called directly is not, and under CPU bf16 autocast RoPE leaves queries and
+    keys in fp32 next to bf16 values), else the query's."""
+    device_type = query.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else query.dtype
+    return query.to(dtype), key.to(dtype), value.to(dtype)
 
 
 def offset_causal_sdpa_mask(
@@ -91,7 +100,10 @@ def offset_causal_sdpa_attention(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
         )
     cached = kv_length - q_length
-    if PAD_RATIO * cached <= q_length:
+    # The CPU flash kernel returns its log-sum-exp without a gradient, so the merge would drop part of the gradient:
+    # under autograd (the trainer's cache loss) the padded call is used whatever the number of cached positions.
+    differentiable = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
+    if differentiable or PAD_RATIO * cached <= q_length:
         # Few cached positions: pad the queries to the keys' length with `cached` rows in front, so that torch's
         # top-left causal mask is the lower-right one, in one call: the call of a plain prefill of the whole prompt
         # (each row's output depends only on its own query, so the new rows get exactly what it computes for them).
@@ -100,6 +112,7 @@ def offset_causal_sdpa_attention(
             padded, key, value, is_causal=True, scale=scaling, enable_gqa=key.shape[1] != query.shape[1]
         )[:, :, cached:]
         return output.transpose(1, 2).contiguous(), None
+    query, key, value = _sdpa_dtype(query, key, value)
     groups = query.shape[1] // key.shape[1]
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     out_cached, lse_cached = _flash(query, key[:, :, :cached], value[:, :, :cached], False, scaling)

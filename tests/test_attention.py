@@ -54,6 +54,44 @@ def test_prefill_after_a_cache_equals_the_masked_kernels(model, monkeypatch, cac
     model.set_attn_implementation("grit_sdpa")
 
 
+def _prefill_gradients(checkpoint, implementation: str, ids: torch.Tensor, cached: int, bf16: bool):
+    """Logits and parameter gradients of a prefill after `cached` positions (training, optionally bf16 autocast)."""
+    model = GritLMForCausalLM.from_pretrained(checkpoint)
+    model.set_attn_implementation(implementation)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        cache = DynamicCache()
+        model(input_ids=ids[:, :cached], cache=cache, use_cache=True)
+        positions = torch.arange(cached, ids.shape[1]).unsqueeze(0)
+        logits = model(input_ids=ids[:, cached:], position_ids=positions, cache=cache, use_cache=True).logits
+    logits.float().logsumexp(-1).sum().backward()
+    return logits.detach().float(), [p.grad for p in model.parameters() if p.grad is not None]
+
+
+# 1 cached: the padded path; 30: the merged path at inference; 39: one new token, transformers' sdpa
+@pytest.mark.parametrize("cached", [1, 30, 39], ids=["few-cached", "many-cached", "one-new-token"])
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
+def test_training_after_a_cache_gives_sdpas_gradients(stock_checkpoint, cached, bf16):
+    """The cache loss trains through grit_sdpa: its forward and gradients are sdpa's on every path, in fp32 and under
+    CPU bf16 autocast (`bf16: true, use_cpu: true`), where RoPE leaves queries and keys in fp32 next to bf16 values.
+    In bf16 both are compared with the fp32 computation: grit_sdpa's error is sdpa's own."""
+    checkpoint = stock_checkpoint("llama")
+    ids = torch.randint(3, 300, (1, 40), generator=torch.Generator().manual_seed(cached))
+    exact_logits, exact_grads = _prefill_gradients(checkpoint, "sdpa", ids, cached, bf16=False)
+    results = {name: _prefill_gradients(checkpoint, name, ids, cached, bf16) for name in ("grit_sdpa", "sdpa")}
+
+    def errors(name):
+        logits, grads = results[name]
+        assert len(grads) == len(exact_grads) > 0
+        gradient = max(float((g - e).norm() / e.norm()) for g, e in zip(grads, exact_grads))
+        return float((logits - exact_logits).abs().max()), gradient
+
+    (logits_error, gradient_error), (sdpa_logits_error, sdpa_gradient_error) = errors("grit_sdpa"), errors("sdpa")
+    if bf16:
+        assert logits_error <= 1.5 * sdpa_logits_error + 1e-3 and gradient_error <= 1.5 * sdpa_gradient_error + 1e-3
+    else:
+        assert logits_error < 1e-5 and gradient_error < 1e-5, (logits_error, gradient_error)
+
+
 def test_padding_and_decoding_keep_transformers_sdpa(model):
     ids = torch.randint(3, 300, (2, 12), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)

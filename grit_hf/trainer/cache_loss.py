@@ -12,7 +12,8 @@ gradient. Query caching modes take the query's states from its embedding pass th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +28,10 @@ from ..rag.decoding import Generator
 from ..rag.prompts import DocumentSlot, QuerySlot, RAGPrompts
 from ..rag.segments import CachedSegment, Part, resolve_segments, special_prefix
 
-__all__ = ["CACHE_TEACHER_LOSSES", "CacheExample", "CachePrompter", "CacheStream", "cache_loss", "teacher_answers"]
+__all__ = [
+    "CACHE_TEACHER_LOSSES", "CacheExample", "CachePrompter", "CacheStream", "activation_checkpointing_paused", "cache_loss",
+    "teacher_answers",
+]  # fmt: skip
 
 CACHE_TEACHER_LOSSES = ("ce", "kl")
 
@@ -136,6 +140,26 @@ def _stack(prompts: list[list[Part]]) -> list[Part]:
     return stacked
 
 
+@contextlib.contextmanager
+def activation_checkpointing_paused(model) -> Iterator[None]:
+    """Run `model`'s layers without activation checkpointing inside the block.
+
+    transformers' checkpointed layers drop the cache (`use_cache=False`, `cache=None`) because a replayed layer would
+    write it twice. The cache loss needs both: the embedding pass's states, and a cache holding the composed prompt
+    that the answer runs on. So its passes run unchecked (TRL turns checkpointing on by default); their memory is
+    bounded by `cache_batch_size`, and the representation and generative losses stay checkpointed.
+    """
+    modules = model.modules() if isinstance(model, torch.nn.Module) else ()
+    paused = [module for module in modules if getattr(module, "gradient_checkpointing", False) is True]
+    for module in paused:
+        module.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for module in paused:
+            module.gradient_checkpointing = True
+
+
 def cache_loss(
     forward: Callable,
     states_fn: StatesFn,
@@ -155,7 +179,14 @@ def cache_loss(
         rotary_emb: the model's rotary embedding (to place the states).
         teacher_loss: `"ce"` (cross-entropy on every answer) or `"kl"` (for teacher answers, KL divergence from the
             teacher's next-token distributions to the model's along the answer; cross-entropy for gold answers).
+
+    Activation checkpointing is paused while it runs (`activation_checkpointing_paused`).
     """
+    with activation_checkpointing_paused(forward):
+        return _cache_loss(forward, states_fn, prompter, examples, rotary_emb, teacher_loss)
+
+
+def _cache_loss(forward, states_fn, prompter, examples, rotary_emb, teacher_loss) -> torch.Tensor:
     eos_id = prompter.tokenizer.eos_token_id
     device = prompter.model.device
     groups: dict[tuple, list[tuple[CacheExample, list[Part]]]] = {}

@@ -161,3 +161,33 @@ def test_cache_settings_and_data_are_checked(make_args, tiny_grit, tmp_path):
         "answer": "",
         "source": rows[0]["source"],
     }
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_cache_loss_under_activation_checkpointing_follows_the_plain_run(make_args, tiny_grit, tmp_path, bf16):
+    """TRL's `SFTConfig` turns activation checkpointing on by default, and transformers then drops the cache in every
+    checkpointed layer: the cache loss must still get the embedding pass's states and compose its prompts on them,
+    so the run follows the one without checkpointing (bf16 autocast on CPU too)."""
+    from grit_hf.trainer import GRITTrainer
+
+    data = write_jsonl(
+        tmp_path / "rag.jsonl",
+        [
+            {"documents": DOCS[:1], "question": QUESTION, "answer": "Paris"},
+            {"documents": DOCS, "question": "What does cp do?", "answer": "It copies files."},
+        ],
+    )
+    logs = {}
+    for checkpointing in (False, True):
+        args = make_args(
+            lambda_cache=1.0, cache_dataset=str(data), cache_batch_size=2, activation_checkpointing=checkpointing,
+            bf16=bf16, max_steps=2, output_dir=str(tmp_path / f"out-{checkpointing}"),
+        )  # fmt: skip
+        torch.manual_seed(0)
+        trainer = GRITTrainer(str(tiny_grit), args=args)
+        trainer.train()
+        logs[checkpointing] = [entry for entry in trainer.state.log_history if "loss_cache" in entry]
+    assert len(logs[True]) == len(logs[False]) == 2
+    for plain, checkpointed in zip(logs[False], logs[True]):
+        for key in ("loss_cache", "loss_rep", "loss_gen"):
+            assert checkpointed[key] == pytest.approx(plain[key], rel=1e-4 if not bf16 else 2e-2)
