@@ -81,6 +81,10 @@ class GRITConfig(SFTConfig):
             `cache_question_template.format(query=...)` about its first positive (answered by the teacher).
         cache_batch_size (`int`, *optional*, defaults to `4`):
             Cache-loss examples per process and micro-step.
+        cache_document_max_length (`int`, *optional*):
+            Tokens per cached document (or query) part of the cache loss, format included; `None` uses
+            `passage_max_length`. Cached documents are as long as `GritRAG` stores them at inference, which can be
+            longer than the passages the contrastive loss needs.
         dataset_train_split (`str`, *optional*, defaults to `"train"`):
             Split to use for sources with several splits.
         emb_batch_size (`int`, *optional*, defaults to `8`):
@@ -145,6 +149,9 @@ class GRITConfig(SFTConfig):
         default=None, metadata={"help": "Turns embedding/retrieval records into questions: '... {query} ...'."}
     )
     cache_batch_size: int = field(default=4, metadata={"help": "Cache-loss examples per process and micro-step."})
+    cache_document_max_length: int | None = field(
+        default=None, metadata={"help": "Tokens per cached part of the cache loss (None: `passage_max_length`)."}
+    )
     embedding_dataset: str | None = field(
         default=None, metadata={"help": "Embedding data: file, folder, retrieval folder, saved dataset or name."}
     )
@@ -191,7 +198,7 @@ class GRITConfig(SFTConfig):
         for name in ("emb_batch_size", "query_max_length", "passage_max_length", "cache_batch_size"):
             check_positive_int(getattr(self, name), name)
         check_positive_int(self.cache_answer_max_tokens, "cache_answer_max_tokens")
-        for name in ("emb_chunk_size", "gen_sub_batch_size"):
+        for name in ("emb_chunk_size", "gen_sub_batch_size", "cache_document_max_length"):
             check_positive_int(getattr(self, name), name, allow_none=True)
         if self.num_hard_negatives < 0:
             raise ValueError(f"`num_hard_negatives` must be >= 0, got {self.num_hard_negatives!r}.")

@@ -126,11 +126,16 @@ def test_trainer_trains_with_the_cache_loss_and_records_it(make_args, tiny_grit,
             {"documents": [DOCS[1]], "question": "Which command copies files?"},
         ],
     )
-    args = make_args(lambda_cache=0.5, cache_dataset=str(data), cache_batch_size=2, cache_modes=["doc", "query_doc"])
+    overrides = dict(lambda_cache=0.5, cache_dataset=str(data), cache_batch_size=2, cache_modes=["doc", "query_doc"])
+    args = make_args(**overrides)
     trainer = GRITTrainer(str(tiny_grit), args=args)
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "loss_cache" in entry]
     assert len(logged) == 3 and all(entry["loss_cache"] > 0 for entry in logged)
+    assert trainer._cache_stream.prompter.max_length == args.passage_max_length
+    longer = GRITTrainer(str(tiny_grit), args=make_args(**{**overrides, "cache_document_max_length": 12}))
+    assert longer._cache_stream.prompter.max_length == 12
+    assert all(len(ids) <= 12 for _, ids in longer._cache_stream.prompter._inputs(CacheExample(DOCS, QUESTION, [])))
     trainer.save_model(str(tmp_path / "saved"))
     assert json.loads((tmp_path / "saved" / "config.json").read_text())["cache_attention"] == "bidirectional"
     assert GritRAG(GritLMForCausalLM.from_pretrained(tmp_path / "saved")).cache_attention == "bidirectional"
