@@ -60,7 +60,7 @@ def bf16_errors(
     import gritlm
 
     from grit_hf import GritLMForCausalLM
-    from grit_hf.checkpoint.sentence_transformers import grit_prompt
+    from grit_hf.folders.sentence_transformers import grit_prompt
     from grit_hf.modeling_gritlm import load_grit_config
 
     def reference(dtype):
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     workdir = tempfile.TemporaryDirectory()
     if args.model == "default":
-        from grit_hf.checkpoint.default_model import default_base_path
+        from grit_hf.folders.default_model import default_base_path
 
         path = default_base_path()
     elif args.model == "mistral-7b-random":

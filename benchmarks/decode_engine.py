@@ -48,7 +48,7 @@ def _grit_answer(rag, parts, options) -> tuple[list[int], float]:
 def _generate_answer(rag, parts, prompt_ids, cache_kind: str, new_tokens: int) -> tuple[list[int], float]:
     """Compose the cached parts (as the engine does), then let `generate` run the rest of the prompt and decode."""
     from grit_hf.cache.buffers import new_cache
-    from grit_hf.rag.compose import close_with_text, compose
+    from grit_hf.generation.compose import close_with_text, compose
 
     model = rag.model
     started = time.perf_counter()
@@ -69,8 +69,8 @@ def _generate_answer(rag, parts, prompt_ids, cache_kind: str, new_tokens: int) -
 
 def run(args: argparse.Namespace) -> dict:
     from grit_hf import GritRAG, load_model
-    from grit_hf.rag.decoding import GenerationOptions
-    from grit_hf.rag.segments import resolve_segments
+    from grit_hf.generation.engine import GenerationOptions
+    from grit_hf.generation.segments import resolve_segments
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -155,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from grit_hf.checkpoint.resolve import resolve_checkpoint
-    from grit_hf.rag.examples import read_rag_examples
+    from grit_hf.folders.resolve import resolve_checkpoint
+    from grit_hf.records.rag_examples import read_rag_examples
 
     torch.set_num_threads(args.threads)
     shared = data_folder()

@@ -158,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import grit_hf  # noqa: F401  (registers the model type)
     from grit_hf import GritLMModel
-    from grit_hf.checkpoint.resolve import resolve_checkpoint
-    from grit_hf.checkpoint.sentence_transformers import grit_prompt
+    from grit_hf.folders.resolve import resolve_checkpoint
+    from grit_hf.folders.sentence_transformers import grit_prompt
 
     workdir = tempfile.TemporaryDirectory(prefix="grit-throughput-")
     if args.model == "mistral-7b-random":

@@ -39,7 +39,7 @@ def _build_model(args):
     from transformers import LlamaConfig
 
     from grit_hf import GritLMConfig, GritLMForCausalLM
-    from grit_hf.checkpoint.resolve import resolve_checkpoint
+    from grit_hf.folders.resolve import resolve_checkpoint
 
     torch.manual_seed(0)
     if args.model:

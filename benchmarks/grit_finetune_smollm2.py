@@ -5,7 +5,7 @@ Steps, all in one run:
    (`OUTPUT_DIR/self_answers.jsonl`), so the generative loss keeps what the model already says;
 2. before: dev-set nDCG@10 on manpages/eval (documents truncated to 256 tokens, `grit_hf.evaluation`), held-out
    next-token loss on lmtext/passages.jsonl, and the answer to a probe prompt;
-3. GRIT training with the recipe (`GRITTrainer` through `grit_hf.train.train`); steps, tokens/s, peak memory;
+3. GRIT training with the recipe (`GRITTrainer` through `grit_hf.cli.train.train`); steps, tokens/s, peak memory;
 4. after: the same evaluations on the trained model. Results go to RESULTS.json and RESULTS.md.
 
     # the real run (one GPU, e.g. H100):
@@ -119,7 +119,7 @@ def heldout_loss(model, tokenizer, passages: list[str], batch_size: int = 8, max
 
 def evaluate(model, tokenizer, data, passages: list[str]) -> dict:
     from grit_hf.evaluation import GritRetriever, RetrievalEvaluator
-    from grit_hf.generation import chat
+    from grit_hf.generation.chat import chat
 
     model.eval()
     start = time.perf_counter()
@@ -137,7 +137,7 @@ def timed_train(trl_args: list[str], cuda: bool):
     """Run `grit-hf train` with these arguments: `(trainer, seconds, peak memory in MiB)`."""
     import torch
 
-    from grit_hf.train import make_parser, train
+    from grit_hf.cli.train import make_parser, train
 
     training_args, model_args = make_parser().parse_args_and_config(trl_args)
     if cuda:
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
     import torch
 
-    from grit_hf.checkpoint.resolve import resolve_checkpoint
+    from grit_hf.folders.resolve import resolve_checkpoint
     from grit_hf.modeling_gritlm import GritLMForCausalLM
 
     smoke, cuda = args.smoke, torch.cuda.is_available()

@@ -50,7 +50,7 @@ DATA = data_folder() / "manpages" / "eval"
 # -- part 1: answers and bytes -------------------------------------------------------------------------------------
 def _teacher_forced_logits(rag, segments, answer_ids: list[int]) -> torch.Tensor:
     """Logits `[n + 1, vocab]` predicting each answer token and the token after it, from `rag.store`'s states."""
-    from grit_hf.rag.compose import continuation_logits
+    from grit_hf.generation.compose import continuation_logits
 
     with rag.lock, torch.inference_mode():
         parts = rag.resolve(segments)
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     args = make_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     from grit_hf.checkpoint.loading import load_model
-    from grit_hf.rag.examples import read_rag_examples
+    from grit_hf.records.rag_examples import read_rag_examples
 
     started = time.perf_counter()
     model = load_model(args.model, device="cpu")

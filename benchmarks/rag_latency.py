@@ -60,7 +60,7 @@ def load_model(name: str, device: str):
     from grit_hf import GritLMConfig, GritLMForCausalLM
 
     if name == "default":
-        from grit_hf.checkpoint.default_model import default_model_path
+        from grit_hf.folders.default_model import default_model_path
 
         return GritLMForCausalLM.from_pretrained(default_model_path()).to(device).eval()
     if name != "mistral-7b-random":

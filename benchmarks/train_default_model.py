@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from grit_hf import GritLMForCausalLM
-    from grit_hf.checkpoint.resolve import resolve_checkpoint
-    from grit_hf.checkpoint.saving import merge_adapter_checkpoint
-    from grit_hf.rag.examples import read_rag_examples
+    from grit_hf.folders.adapters import merge_adapter_checkpoint
+    from grit_hf.folders.resolve import resolve_checkpoint
+    from grit_hf.records.rag_examples import read_rag_examples
 
     cuda = torch.cuda.is_available()
     if args.threads:

@@ -18,12 +18,12 @@ from .checkpoint.conversion import (
     grit_checkpoint_folder,
     sentence_transformer,
 )
-from .checkpoint.default_model import default_base_path, default_model_path
 from .checkpoint.loading import load_model
-from .checkpoint.resolve import resolve_checkpoint
 from .checkpoint.saving import save_grit_checkpoint
 from .configuration_gritlm import GritLMConfig
-from .generation import chat
+from .folders.default_model import default_base_path, default_model_path
+from .folders.resolve import resolve_checkpoint
+from .generation.chat import chat
 from .modeling_gritlm import GritLMForCausalLM, GritLMModel, GritLMPreTrainedModel, load_grit_config
 from .rag import GritRAG
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 from importlib import resources
 
 from transformers.utils import logging
+
+from .records.files import read_records
 
 logger = logging.get_logger(__name__)
 
@@ -18,8 +19,8 @@ INSTRUCTION = "Given a question, retrieve a passage that answers the question"
 
 def load_demo_documents() -> list[dict[str, str]]:
     """The small document set bundled with grit-hf (`{"id", "text"}` records)."""
-    text = resources.files("grit_hf").joinpath("data/demo_docs.jsonl").read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    with resources.as_file(resources.files("grit_hf").joinpath("data/demo_docs.jsonl")) as path:
+        return [record for _, record, _ in read_records(path, "demo")]
 
 
 def _step(name: str, started: float) -> float:
@@ -42,7 +43,7 @@ def run_demo(
     states (exact, one extra pass while indexing).
     """
     from .checkpoint.loading import load_model
-    from .checkpoint.resolve import resolve_checkpoint
+    from .folders.resolve import resolve_checkpoint
     from .rag import GritRAG
 
     question = question or DEFAULT_QUESTION

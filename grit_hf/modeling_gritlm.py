@@ -24,9 +24,9 @@ from transformers.utils import logging
 
 from .attention import ATTENTION_NAME
 from .cache.states import KVStates, split_batch_cache
-from .checkpoint.resolve import known_grit_checkpoint, resolve_checkpoint
-from .checkpoint.sentence_transformers import write_checkpoint_files
 from .configuration_gritlm import GritLMConfig
+from .folders.resolve import known_grit_checkpoint, resolve_checkpoint
+from .folders.sentence_transformers import write_checkpoint_files
 from .formatting import EmbeddingInputs, length_sorted_batches, pad_right, pad_token_id, tokenize_with_prefix
 from .locking import model_lock
 from .pooling import pool, text_token_mask
@@ -144,12 +144,17 @@ class GritLMPreTrainedModel(PreTrainedModel):
             model.set_attn_implementation(ATTENTION_NAME)  # sdpa, with a fast path for prefills after a cache
         return model
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
+    def save_pretrained(self, save_directory, *args, tokenizer: PreTrainedTokenizerBase | None = None, **kwargs):
         """`PreTrainedModel.save_pretrained`, then (main process only) the files every GRIT checkpoint carries:
-        sentence-transformers files, the remote-code shim and a generation config (`write_checkpoint_files`)."""
+        sentence-transformers files, the remote-code shim and a generation config (`write_checkpoint_files`).
+
+        `tokenizer` is the checkpoint's tokenizer, used to check the prompts of the sentence-transformers files
+        (default: the one this model embeds with, if it has one; the tokenizer itself is saved by its own
+        `save_pretrained`, or by `grit_hf.save_grit_checkpoint`)."""
         result = super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
-            write_checkpoint_files(save_directory, self.config, tokenizer=self._tokenizer)
+            tokenizer = tokenizer if tokenizer is not None else self._tokenizer
+            write_checkpoint_files(save_directory, self.config, tokenizer=tokenizer)
         return result
 
     # -- tokenizer ---------------------------------------------------------------------------------------------------

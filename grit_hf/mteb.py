@@ -35,7 +35,7 @@ except ImportError as error:  # pragma: no cover - exercised only without mteb
     raise ImportError("grit_hf.mteb needs mteb: pip install 'mteb>=2.20'") from error
 
 from .checkpoint.loading import load_model
-from .checkpoint.resolve import checkpoint_display_name, resolve_checkpoint
+from .folders.resolve import checkpoint_display_name, resolve_checkpoint
 from .modeling_gritlm import GritLMPreTrainedModel
 from .validation import check_positive_int
 

@@ -86,7 +86,7 @@ def test_unknown_arguments_are_rejected(capsys):
 
 
 def test_chat_rejects_bad_max_new_tokens(grit_checkpoint):
-    from grit_hf.generation import chat
+    from grit_hf.generation.chat import chat
 
     model = GritLMForCausalLM.from_pretrained(grit_checkpoint("llama"))
     with pytest.raises(ValueError, match="`max_new_tokens`"):

@@ -5,9 +5,9 @@ import importlib.util
 import numpy as np
 import pytest
 
-from grit_hf.checkpoint import default_model as default_model_module
-from grit_hf.checkpoint.default_model import INSTALL_HINT, cache_home, default_model_path
-from grit_hf.checkpoint.resolve import resolve_checkpoint
+from grit_hf.folders import default_model as default_model_module
+from grit_hf.folders.default_model import INSTALL_HINT, cache_home, default_model_path
+from grit_hf.folders.resolve import resolve_checkpoint
 
 
 def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
@@ -41,7 +41,7 @@ def test_default_model_is_converted_once_and_reused(default_model_dir, monkeypat
 
 
 def test_default_model_answers_and_embeds(default_model):
-    from grit_hf.generation import chat
+    from grit_hf.generation.chat import chat
 
     assert "Paris" in chat(default_model, "What is the capital of France?", max_new_tokens=16)
     assert default_model.config.query_template.startswith("<|im_start|>user\n")
@@ -62,7 +62,7 @@ def test_default_model_generates_like_the_gguf_base(default_model):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from grit_hf.checkpoint.default_model import GGUF_FILE, _gguf_folder
+    from grit_hf.folders.default_model import GGUF_FILE, _gguf_folder
 
     base = AutoModelForCausalLM.from_pretrained(_gguf_folder(), gguf_file=GGUF_FILE, dtype=torch.float32).eval()
     ids = default_model.tokenizer("The capital of France is", return_tensors="pt")
@@ -81,7 +81,7 @@ def test_a_shipped_adapter_makes_the_default_model(default_model_dir, tmp_path, 
     from transformers import AutoModelForCausalLM
 
     from grit_hf import GritLMConfig, GritLMForCausalLM, GritRAG, load_model
-    from grit_hf.checkpoint import default_model as module
+    from grit_hf.folders import default_model as module
 
     config = GritLMConfig.from_pretrained(default_model_dir)
     stock = AutoModelForCausalLM.from_pretrained(default_model_dir, config=config.text_config)

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 import grit_hf
 from grit_hf import GritLMForCausalLM, GritLMModel, convert_checkpoint
-from grit_hf.checkpoint.sentence_transformers import (
+from grit_hf.folders.sentence_transformers import (
     SHIM_MODULE,
     TASK_INSTRUCTIONS,
     add_sentence_transformers_files,
@@ -79,6 +79,35 @@ def test_checkpoint_has_stock_modules_and_prompts(grit_checkpoint):
     assert config["auto_map"]["AutoModel"] == f"{SHIM_MODULE}.GritLMModel"
     shim = (path / f"{SHIM_MODULE}.py").read_text()
     assert "import grit_hf" in shim and "def " not in shim  # imports grit_hf, copies no model code
+
+
+MODULE_FILES = ("modules.json", "1_Pooling/config.json", "2_Normalize/config.json")
+
+
+def test_sentence_transformers_writes_its_module_files_and_the_fallback_writes_the_same(
+    grit_checkpoint, tmp_path, monkeypatch
+):
+    """With sentence-transformers installed its module classes write their own configs; without it grit-hf writes
+    them itself. Both give the same bytes, and so does `SentenceTransformer.save` of the loaded folder."""
+    source = grit_checkpoint("llama")
+    native, fallback, saved = tmp_path / "native", tmp_path / "fallback", tmp_path / "saved"
+    shutil.copytree(source, native)
+    shutil.copytree(source, fallback)
+    for name in MODULE_FILES:
+        (native / name).unlink()
+        (fallback / name).unlink()
+    add_sentence_transformers_files(native)
+    with monkeypatch.context() as patch:
+        for name in [name for name in sys.modules if name.startswith("sentence_transformers")]:
+            patch.setitem(sys.modules, name, None)  # as if it were not installed: its imports raise ImportError
+        with pytest.raises(ImportError):
+            import sentence_transformers.base.modules  # noqa: F401
+        add_sentence_transformers_files(fallback)
+    SentenceTransformer(str(source), device="cpu").save(str(saved))
+    for name in MODULE_FILES:
+        assert (native / name).read_bytes() == (fallback / name).read_bytes(), name
+        assert (saved / name).read_bytes() == (fallback / name).read_bytes(), name
+    assert not list(native.glob(".*.tmp")), "staging folders left behind"
 
 
 def test_prompts_follow_the_checkpoints_own_templates(stock_checkpoint, tmp_path):

@@ -1,9 +1,31 @@
-"""GRIT checkpoints, from the bottom floor up: the files every checkpoint carries for sentence-transformers and remote
-code (`sentence_transformers`), saving (`saving`), the offline default model (`default_model`), where a model name
-leads (`resolve`; `from_pretrained` uses it), loading a model for use (`loading`) and converting stock checkpoints
-(`conversion`).
+"""Loading, saving and converting GRIT models (above the model classes; the folders and names below them are
+`grit_hf.folders`).
 
-The public functions are exported from `grit_hf` itself (`grit_hf.convert_checkpoint`, `grit_hf.load_model`, ...).
-This `__init__` imports nothing: the model classes import the lower floors, the upper floors import the model
-classes.
+- `loading.py`: `load_model` (resolve a name, load on a device in a dtype, eval mode);
+- `saving.py`: `save_grit_checkpoint` (tokenizer, weights and the files every checkpoint carries);
+- `conversion.py`: stock checkpoints into GRIT ones, `sentence_transformer`, the stock-config export;
+- `adapters.py`: `load_adapter_model`, `merge_adapter` (PEFT adapters by name or folder).
 """
+
+from __future__ import annotations
+
+from .adapters import load_adapter_model, merge_adapter
+from .conversion import (
+    convert_checkpoint,
+    export_stock_sentence_transformer,
+    grit_checkpoint_folder,
+    sentence_transformer,
+)
+from .loading import load_model
+from .saving import save_grit_checkpoint
+
+__all__ = [
+    "load_model",
+    "save_grit_checkpoint",
+    "convert_checkpoint",
+    "export_stock_sentence_transformer",
+    "grit_checkpoint_folder",
+    "sentence_transformer",
+    "load_adapter_model",
+    "merge_adapter",
+]

@@ -14,11 +14,12 @@ from transformers import AutoTokenizer
 from transformers.utils import logging
 
 from ..configuration_gritlm import GritLMConfig
+from ..folders.build import build_folder_once
+from ..folders.default_model import cache_home
+from ..folders.resolve import checkpoint_display_name, resolve_checkpoint
+from ..folders.sentence_transformers import SHIM_MODULE
 from ..modeling_gritlm import GritLMForCausalLM
-from .default_model import cache_home
-from .resolve import checkpoint_display_name, resolve_checkpoint
-from .saving import build_folder_once, save_grit_checkpoint
-from .sentence_transformers import SHIM_MODULE
+from .saving import save_grit_checkpoint
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

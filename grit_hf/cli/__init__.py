@@ -5,8 +5,8 @@
 |---|---|
 | `convert`, `embed`, `generate`, `demo` | `grit_hf.cli.model_commands` |
 | `eval-retrieval`, `eval-rag` | `grit_hf.cli.evaluate` |
-| `train` | `grit_hf.train` (a TRL-style script, also `accelerate launch -m grit_hf.train`) |
-| `serve` | `grit_hf.serve.cli` (the OpenAI-compatible server) |
+| `train` | `grit_hf.cli.train` (a TRL-style script; `accelerate launch -m grit_hf.train` launches it) |
+| `serve` | `grit_hf.cli.serve` (the OpenAI-compatible server of `grit_hf.serve`) |
 """
 
 from __future__ import annotations
@@ -15,21 +15,18 @@ import argparse
 import sys
 import time
 
-from ..serve import cli as serve_cli
-from . import evaluate, model_commands
+from . import evaluate, model_commands, serve, train
 
 __all__ = ["main", "make_parser"]
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from .. import train
-
     parser = argparse.ArgumentParser(prog="grit-hf", description="GRIT models: embed, generate, RAG with caching.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     model_commands.add_parsers(subparsers)
     evaluate.add_parsers(subparsers)
     train.add_parser(subparsers)
-    serve_cli.add_parser(subparsers)
+    serve.add_parser(subparsers)
     return parser
 
 

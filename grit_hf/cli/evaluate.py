@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from ..checkpoint.resolve import DEFAULT_NAMES, resolve_checkpoint
+from ..folders.resolve import DEFAULT_NAMES, resolve_checkpoint
 
 __all__ = ["add_parsers"]
 
@@ -76,7 +76,7 @@ def _cmd_eval_rag(args: argparse.Namespace) -> int:
     from ..checkpoint.loading import load_model
     from ..evaluation.rag_fidelity import evaluate_rag_fidelity, format_fidelity_table
     from ..rag import GritRAG
-    from ..rag.examples import read_rag_examples
+    from ..records.rag_examples import read_rag_examples
 
     start = time.perf_counter()
     examples = read_rag_examples(args.data, question_template=args.question_template, limit=args.limit)

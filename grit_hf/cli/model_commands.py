@@ -39,23 +39,22 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _read_texts(path: str) -> list[str]:
+    """The texts of a `.jsonl` file (`{"text"}` records), or the non-empty lines of a text file (`-`: stdin)."""
+    if path.endswith(".jsonl"):
+        from ..records.files import read_records
+
+        texts = []
+        try:
+            for where, record, _ in read_records(path, "input"):
+                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                    raise ValueError(f"{where}: each line must be an object with a string 'text'.")
+                texts.append(record["text"])
+        except ValueError as error:
+            raise SystemExit(f"grit-hf embed: {error}") from None
+        return texts
     stream = sys.stdin if path == "-" else open(path, encoding="utf-8")
     with stream:
-        lines = [line.rstrip("\n") for line in stream]
-    if not path.endswith(".jsonl"):
-        return [line for line in lines if line.strip()]
-    texts = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise SystemExit(f"grit-hf embed: {path}:{number}: invalid JSON ({error.msg}).") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise SystemExit(f"grit-hf embed: {path}:{number}: each line must be an object with a string 'text'.")
-        texts.append(record["text"])
-    return texts
+        return [line.rstrip("\n") for line in stream if line.strip()]
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
@@ -81,7 +80,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from ..generation import chat
+    from ..generation.chat import chat
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     print(chat(load_model_from_args(args), prompt, max_new_tokens=args.max_new_tokens))

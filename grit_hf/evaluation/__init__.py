@@ -3,7 +3,7 @@ The command-line commands are in `grit_hf.cli.evaluate`."""
 
 from __future__ import annotations
 
-from ..retrieval_data import RetrievalData, load_retrieval_data
+from ..records.retrieval import RetrievalData, load_retrieval_data
 from .metrics import DEFAULT_METRICS, retrieval_metrics
 from .retrieval import BM25Retriever, GritRetriever, RetrievalEvaluator, Retriever, SentenceTransformerRetriever
 

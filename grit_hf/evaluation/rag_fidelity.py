@@ -23,11 +23,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
-from ..rag.compose import continuation_logits
+from ..generation.compose import continuation_logits
 from ..rag.documents import document_id
-from ..rag.examples import RAGExample
-from ..rag.index import GritRAG
+from ..rag.gritrag import GritRAG
 from ..rag.prompts import CACHING_MODES
+from ..records.rag_examples import RAGExample
 from ..validation import check_positive_int
 from .metrics import exact_match, token_f1
 

@@ -25,10 +25,10 @@ import torch
 from transformers.utils import logging
 
 from ..checkpoint.loading import load_model
-from ..checkpoint.resolve import checkpoint_display_name, known_grit_checkpoint, resolve_checkpoint
 from ..configuration_gritlm import GritLMConfig
+from ..folders.resolve import checkpoint_display_name, known_grit_checkpoint, resolve_checkpoint
 from ..modeling_gritlm import GritLMPreTrainedModel
-from ..retrieval_data import RetrievalData, load_retrieval_data
+from ..records.retrieval import RetrievalData, load_retrieval_data
 from ..validation import check_positive_int
 from .metrics import DEFAULT_METRICS, retrieval_metrics
 

@@ -1,23 +1,25 @@
-"""RAG with one GRIT model: retrieval, generation that reuses the key/value states computed while embedding, and the
-shared instance behind the integrations.
+"""RAG with one GRIT model: retrieval, and generation that reuses the key/value states computed while embedding
+(on the generation engine, `grit_hf.generation`), with one shared instance behind the integrations and the server.
 
-- `index.py`: `GritRAG` (add documents, search, answer in every caching mode, generate from prompts with cached
+- `gritrag.py`: `GritRAG` (add documents, search, answer in every caching mode, generate from prompts with cached
   documents spliced in);
-- `segments.py`: prompts made of text and cached segments; `compose.py`: composing them into one cache (shared with
-  the trainer's cache loss); `decoding.py`: the one generation engine (`Generator`, `GenerationResult`,
-  `GenerationStream`);
-- `prompts.py`: the prompt formats of each mode; `registry.py`: one shared `GritRAG` per checkpoint or model object;
-  `integration.py`: what the LangChain/LlamaIndex classes share.
+- `documents.py`: `DocumentTable`, the indexed documents (ids, texts, embeddings) and exact search;
+- `prompts.py`: the prompt formats of each mode;
+- `registry.py`: one shared `GritRAG` per checkpoint or model object; `integration.py`: what the LangChain and
+  LlamaIndex classes share.
+
+The generation names (`Generator`, `GenerationResult`, `CachedSegment`, ...) are also exported here, as before they
+moved to `grit_hf.generation`.
 """
 
 from __future__ import annotations
 
-from .decoding import GenerationOptions, GenerationResult, GenerationStream, Generator
+from ..generation.engine import GenerationOptions, GenerationResult, GenerationStream, Generator
+from ..generation.segments import CachedSegment, Segment
 from .documents import MIN_CACHED_CHARS, document_id
-from .index import GritRAG
+from .gritrag import GritRAG
 from .prompts import CACHING_MODES, RAG_MODES, RAGMode, RAGPrompts
 from .registry import check_model_argument, clear_shared, get_shared, list_shared, model_display_name, release_shared
-from .segments import CachedSegment, Segment
 
 __all__ = [
     "GritRAG",

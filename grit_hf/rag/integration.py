@@ -1,18 +1,18 @@
-"""What the LangChain and LlamaIndex classes (and the server) share: the `UsesSharedGrit` mixin that finds the
-process-wide `GritRAG` of their `model`, document embedding that caches states, and running a blocking iterator
+"""What the LangChain and LlamaIndex classes (and the server) share: the `UsesSharedGrit` pydantic base that finds
+the process-wide `GritRAG` of their `model`, document embedding that caches states, and running a blocking iterator
 from async code."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
-from .index import GritRAG
-from .registry import get_shared, model_display_name
+from ..async_bridge import ThreadedIterator
+from .gritrag import GritRAG
+from .registry import check_model_argument, get_shared, model_display_name
 
 __all__ = ["UsesSharedGrit", "embed_documents", "aiter_in_thread"]
 
@@ -30,14 +30,37 @@ def embed_documents(rag: GritRAG, texts: Sequence[str], cache: bool = True) -> n
     )
 
 
-class UsesSharedGrit:
-    """Mixin of the LangChain and LlamaIndex classes. The class has a `model` field (a checkpoint name or a loaded
-    model) and a `_shared` private attribute (initially `None`); optional `rag_kwargs` and `cache_attention` fields
-    are its `GritRAG` preferences (`None` means none)."""
+class UsesSharedGrit(BaseModel):
+    """The pydantic base of the LangChain and LlamaIndex classes (both pydantic v2): the fields that find the
+    process-wide `GritRAG` of their `model`, declared once.
+
+    Attributes:
+        model: a checkpoint folder, a Hub name, `"default"` or a loaded `GritLMForCausalLM` (checked when set).
+        cache_attention: attention of the cached states (`None`: the shared instance's setting).
+        rag_kwargs: more `GritRAG` settings for the shared instance (e.g. `{"store": DiskKVStore("kv/")}`); like
+            `cache_attention`, they must agree with an instance that exists already.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
+
+    model: Any = Field(
+        default="default", description="Checkpoint folder, Hub name, 'default' or a loaded GritLMForCausalLM."
+    )
+    cache_attention: Literal["bidirectional", "causal"] | None = Field(
+        default=None, description="Attention of the cached states (None: the shared instance's setting)."
+    )
+    rag_kwargs: dict[str, Any] | None = Field(default=None, description="More GritRAG settings (e.g. a store).")
+
+    _shared: GritRAG | None = PrivateAttr(default=None)
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: Any) -> Any:
+        return check_model_argument(value)
 
     def _shared_rag_kwargs(self) -> dict[str, Any]:
-        kwargs = dict(getattr(self, "rag_kwargs", None) or {})
-        if getattr(self, "cache_attention", None) is not None:
+        kwargs = dict(self.rag_kwargs or {})
+        if self.cache_attention is not None:
             kwargs["cache_attention"] = self.cache_attention
         return kwargs
 
@@ -54,38 +77,7 @@ class UsesSharedGrit:
         return model_display_name(self._shared.model if self._shared is not None else self.model)
 
 
-async def aiter_in_thread(make_iterator: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
+def aiter_in_thread(make_iterator: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
     """Iterate `make_iterator()` in one worker thread and yield its items in the event loop as they come (the
     iterator is created, advanced and closed in that same thread; it is closed early if the consumer stops)."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            iterator = make_iterator()
-            try:
-                for item in iterator:
-                    loop.call_soon_threadsafe(queue.put_nowait, ("item", item))
-                    if stop.is_set():
-                        break
-            finally:
-                close = getattr(iterator, "close", None)
-                if close is not None:
-                    close()
-            loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
-        except BaseException as error:  # handed to the consumer
-            loop.call_soon_threadsafe(queue.put_nowait, ("error", error))
-
-    worker = threading.Thread(target=produce, name="grit-hf-aiter", daemon=True)
-    worker.start()
-    try:
-        while True:
-            kind, item = await queue.get()
-            if kind == "done":
-                return
-            if kind == "error":
-                raise item
-            yield item
-    finally:
-        stop.set()
+    return ThreadedIterator(make_iterator).items()

@@ -23,11 +23,11 @@ from typing import Any
 
 from transformers.utils import logging
 
-from ..checkpoint.default_model import DEFAULT_MODEL_NAME
 from ..checkpoint.loading import load_model
-from ..checkpoint.resolve import DEFAULT_NAMES, checkpoint_display_name, is_model_name, resolve_checkpoint
+from ..folders.default_model import DEFAULT_MODEL_NAME
+from ..folders.resolve import DEFAULT_NAMES, checkpoint_display_name, is_model_name, resolve_checkpoint
 from ..modeling_gritlm import GritLMPreTrainedModel
-from .index import GritRAG
+from .gritrag import GritRAG
 
 logger = logging.get_logger(__name__)
 

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from ..rag.index import GritRAG
+from ..rag.gritrag import GritRAG
 from . import chat, embeddings, routes
 from .errors import install_error_handlers
 from .limits import Limits

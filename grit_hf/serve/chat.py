@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from jinja2.exceptions import TemplateError
 
-from ..rag.decoding import GenerationOptions, GenerationStream
+from ..generation.engine import GenerationOptions, GenerationStream
 from ..validation import check_text
 from .errors import APIError, error_body
 from .limits import check_count
@@ -227,6 +227,7 @@ async def chat_completions(body: ChatRequest, request: Request) -> Response:
         disconnected.cancel()
         if kind == "disconnected":
             return Response(status_code=499)
+        await job.close()  # the slot is free again before the client hears of the failure
         raise _timeout(state) if kind == "timeout" else _as_api_error(value)
     if body.stream:
         disconnected.cancel()  # the streaming response listens for the disconnect itself
@@ -248,10 +249,9 @@ async def chat_completions(body: ChatRequest, request: Request) -> Response:
                 return JSONResponse(chat_completion(request_id, model, value.text, value, created))
             elif kind == "disconnected":
                 return Response(status_code=499)
-            elif kind == "timeout":
-                raise _timeout(state)
-            elif kind == "error":
-                raise _as_api_error(value)
+            elif kind in ("timeout", "error"):
+                await job.close()  # the slot is free again before the client hears of the failure
+                raise _timeout(state) if kind == "timeout" else _as_api_error(value)
     finally:
         job.cancel()
         disconnected.cancel()
@@ -285,6 +285,7 @@ async def _events(
                 yield _sse("[DONE]")
                 return
             else:
+                await job.close()  # the slot is free again before the client hears of the failure
                 error = _timeout(state) if kind == "timeout" else _as_api_error(value)
                 yield _sse(error_body(error.status, error.message, error.param, error.code))
                 return

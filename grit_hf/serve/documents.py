@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..rag.documents import MIN_CACHED_CHARS, document_id
-from ..rag.index import GritRAG
+from ..rag.gritrag import GritRAG
 from .errors import APIError
 
 __all__ = ["DocumentIndex"]

@@ -1,4 +1,4 @@
-"""One chat generation in a worker thread, read from the event loop.
+"""One chat generation in a worker thread, read from the event loop (through `grit_hf.async_bridge`).
 
 The worker composes the prompt (the prefill, under the model's lock) and then decodes; each decode step takes the
 model's lock only for its forward pass, so concurrent generations and embedding batches progress together, one
@@ -11,13 +11,13 @@ the stream, which frees the decode cache, and gives the slot back.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from typing import Any
 
-from ..rag.decoding import GenerationStream
+from ..async_bridge import ThreadedIterator
+from ..generation.engine import GenerationStream
 
 __all__ = ["GenerationJob"]
 
@@ -39,62 +39,32 @@ class GenerationJob:
         deadline: float,
         on_exit: Callable[[], None],
     ):
-        self._loop = asyncio.get_running_loop()
-        self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        self._cancelled = threading.Event()
-        self._make_stream, self._deadline, self._on_exit = make_stream, deadline, on_exit
-        try:
-            executor.submit(self._run)
-        except BaseException:
-            on_exit()
-            raise
+        self._make_stream, self._deadline = make_stream, deadline
+        self._worker = ThreadedIterator(self._events, executor, on_exit)
 
-    def _post(self, kind: str, value: Any) -> None:
+    def _events(self) -> Iterator[tuple[str, Any]]:
+        stream = self._make_stream()
         try:
-            self._loop.call_soon_threadsafe(self._events.put_nowait, (kind, value))
-        except RuntimeError:  # the loop is closed (shutdown): nobody is listening
-            self._cancelled.set()
-
-    def _run(self) -> None:
-        stream = None
-        try:
-            if self._cancelled.is_set():
-                return
-            stream = self._make_stream()
-            self._post("start", stream.result)
+            yield "start", stream.result
             for delta in stream:
-                if self._cancelled.is_set():
-                    return
-                self._post("delta", delta)
+                yield "delta", delta
                 if time.monotonic() > self._deadline:
-                    self._post("timeout", None)
+                    yield "timeout", None
                     return
-            self._post("done", stream.result)
-        except BaseException as error:  # handed to the request
-            self._post("error", error)
+            yield "done", stream.result
         finally:
-            try:
-                if stream is not None:
-                    stream.close()
-            finally:
-                self._on_exit()
+            stream.close()
 
     def cancel(self) -> None:
         """Stop the worker at its next piece of text."""
-        self._cancelled.set()
+        self._worker.cancel()
+
+    async def close(self) -> None:
+        """Stop the worker and wait until it has closed the stream and given the slot back."""
+        await self._worker.close()
 
     async def next(self, disconnected: asyncio.Future | None = None) -> tuple[str, Any]:
         """The next event; `("timeout", None)` once the deadline has passed, `("disconnected", None)` when
         `disconnected` completes first (both cancel the worker)."""
-        remaining = self._deadline - time.monotonic()
-        getter = asyncio.ensure_future(self._events.get())
-        waiting = {getter} if disconnected is None else {getter, disconnected}
-        try:
-            done, _ = await asyncio.wait(waiting, timeout=max(remaining, 0.0), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not getter.done():
-                getter.cancel()
-        if getter in done:
-            return getter.result()
-        self.cancel()
-        return ("disconnected", None) if disconnected is not None and disconnected in done else ("timeout", None)
+        kind, value = await self._worker.next_event(self._deadline - time.monotonic(), disconnected)
+        return value if kind == "item" else (kind, value)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from fastapi import Request
 
-from ..rag.index import GritRAG
+from ..rag.gritrag import GritRAG
 from .batching import EmbeddingBatcher
 from .documents import DocumentIndex
 from .errors import APIError

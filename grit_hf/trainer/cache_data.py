@@ -20,9 +20,10 @@ from typing import Any
 
 from transformers.utils import logging
 
-from ..rag.examples import normalize_rag_record
-from ..retrieval_data import is_retrieval_folder
-from .data import _iter_source, normalize_embedding_record, read_retrieval_folder
+from ..records.files import iter_records
+from ..records.rag_examples import normalize_rag_record
+from ..records.retrieval import is_retrieval_folder
+from .data import normalize_embedding_record, read_retrieval_folder
 
 logger = logging.get_logger(__name__)
 
@@ -66,7 +67,7 @@ def load_cache_dataset(source: Any, split: str = "train", question_template: str
             raise ValueError(f"{path} is a retrieval folder: set `cache_question_template` to make questions of it.")
         records = read_retrieval_folder(path)
     else:
-        records = _iter_source(source, split, "cache")
+        records = iter_records(source, split, "cache")
     rows = [normalize_cache_record(record, where, name, question_template) for where, record, name in records]
     if not rows:
         raise ValueError(f"The cache dataset {source!r:.100} holds no examples.")

@@ -2,7 +2,7 @@
 
 For a RAG example (documents, a question, an answer), the documents' key/value states are taken from the embedding
 pass (document template, the model's embedding attention, each document alone at position 0), exactly as `GritRAG`
-stores them; the prompt of the caching mode is then composed with `grit_hf.rag.compose` (the one code path inference
+stores them; the prompt of the caching mode is then composed with `grit_hf.generation.compose` (the one code path inference
 uses: documents re-rotated to their offsets, a BOS only at the start) and the rest of the prompt plus the answer runs
 causally on top. The loss is the next-token cross-entropy on the answer (and its end token), or, for a teacher's
 answer, optionally the KL divergence to the teacher's next-token distributions; gradients flow through the embedding
@@ -23,17 +23,14 @@ from transformers import DynamicCache
 from ..cache.positions import find_rotary_embedding
 from ..cache.states import KVStates, cache_from_layers, split_batch_cache
 from ..formatting import pad_right, pad_token_id
-from ..rag.compose import continuation_logits
-from ..rag.decoding import Generator
+from ..generation.compose import continuation_logits
+from ..generation.engine import Generator
+from ..generation.segments import CachedSegment, Part, resolve_segments, special_prefix
 from ..rag.prompts import DocumentSlot, QuerySlot, RAGPrompts
-from ..rag.segments import CachedSegment, Part, resolve_segments, special_prefix
 
 __all__ = [
-    "CACHE_TEACHER_LOSSES", "CacheExample", "CachePrompter", "CacheStream", "activation_checkpointing_paused", "cache_loss",
-    "teacher_answers",
+    "CacheExample", "CachePrompter", "CacheStream", "activation_checkpointing_paused", "cache_loss", "teacher_answers",
 ]  # fmt: skip
-
-CACHE_TEACHER_LOSSES = ("ce", "kl")
 
 # Builds the embedding pass's states of right-padded `(input_ids, attention_mask)`: a `DynamicCache` per batch.
 StatesFn = Callable[[torch.Tensor, torch.Tensor], DynamicCache]

@@ -19,8 +19,6 @@ A source is a `.jsonl`/`.jsonl.gz`/`.json` file, a folder of them (or a retrieva
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -29,7 +27,8 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
-from ..retrieval_data import is_retrieval_folder, load_retrieval_data
+from ..records.files import Record, is_saved_dataset, iter_records
+from ..records.retrieval import is_retrieval_folder, load_retrieval_data
 
 logger = logging.get_logger(__name__)
 
@@ -44,78 +43,6 @@ __all__ = [
 ]
 
 EMBEDDING_COLUMNS = ("query_instruction", "query", "pos", "pos_instructions", "neg", "neg_instructions", "source")
-
-
-DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".json")
-
-
-def _is_data_file(path: Path) -> bool:
-    return path.name.endswith(DATA_SUFFIXES)
-
-
-def _is_saved_dataset(path: Path) -> bool:
-    return path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file())
-
-
-def _read_json_lines(path: Path) -> Iterator[tuple[str, dict]]:
-    """Yield `(where, record)` for each record of a `.jsonl`/`.jsonl.gz` file (or a `.json` list), `where` =
-    "file:line"."""
-    if path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{error.lineno}: invalid JSON ({error.msg}).") from None
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: a .json data file must hold a list of records, got {type(data).__name__}.")
-        for index, record in enumerate(data):
-            yield f"{path}[{index}]", record
-        return
-    with gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8") as stream:
-        for number, line in enumerate(stream, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: invalid JSON ({error.msg}).") from None
-            yield f"{path}:{number}", record
-
-
-def _iter_source(source: Any, split: str, kind: str) -> Iterator[tuple[str, dict, str]]:
-    """Yield `(where, record, source_name)` from a file, folder, Dataset or dataset name."""
-    import datasets
-
-    if isinstance(source, datasets.DatasetDict):
-        if split not in source:
-            raise ValueError(f"The {kind} dataset has no split {split!r}; it has {list(source)}.")
-        source = source[split]
-    if isinstance(source, datasets.Dataset):
-        name = source.info.dataset_name or "dataset"
-        for index, record in enumerate(source):
-            yield f"{name}[{index}]", record, name
-        return
-    if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(
-            f"The {kind} dataset must be a path, a dataset name or a `datasets.Dataset`, got {type(source).__name__}."
-        )
-    path = Path(source)
-    if path.is_file():
-        if not _is_data_file(path):
-            raise ValueError(f"Unsupported {kind} data file {str(path)!r}: expected .jsonl, .jsonl.gz or .json.")
-        for where, record in _read_json_lines(path):
-            yield where, record, path.stem
-    elif _is_saved_dataset(path):
-        yield from _iter_source(datasets.load_from_disk(str(path)), split, kind)
-    elif path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and _is_data_file(p))
-        if not files:
-            raise ValueError(f"The {kind} data folder {str(path)!r} has no .jsonl/.jsonl.gz/.json files.")
-        for file in files:
-            yield from _iter_source(file, split, kind)
-    elif str(source).endswith(DATA_SUFFIXES) or str(source).startswith((".", os.sep)):
-        raise FileNotFoundError(f"The {kind} dataset {str(source)!r} does not exist.")
-    else:
-        yield from _iter_source(datasets.load_dataset(str(source), split=split), split, kind)
 
 
 # -- embedding ------------------------------------------------------------------------------------------------------
@@ -155,8 +82,8 @@ def normalize_embedding_record(record: Any, where: str, source: str) -> dict:
     }
 
 
-def read_retrieval_folder(folder: str | os.PathLike) -> Iterator[tuple[str, dict, str]]:
-    """Yield reference-format records from a retrieval folder (read by `grit_hf.retrieval_data.load_retrieval_data`):
+def read_retrieval_folder(folder: str | os.PathLike) -> Iterator[Record]:
+    """Yield reference-format records from a retrieval folder (read by `grit_hf.records.retrieval.load_retrieval_data`):
     each judged query with the task's query instruction, its relevant documents (relevance > 0) as positives."""
     folder = Path(folder)
     data = load_retrieval_data(folder)
@@ -171,7 +98,7 @@ def read_retrieval_folder(folder: str | os.PathLike) -> Iterator[tuple[str, dict
                 "query": [data.query_instruction, data.queries[query_id]],
                 "pos": [[data.doc_instruction, data.corpus[doc_id]] for doc_id in positives],
             }
-            yield f"{folder}:{query_id}", record, source
+            yield Record(f"{folder}:{query_id}", record, source)
 
 
 def load_embedding_dataset(source: Any, split: str = "train"):
@@ -181,13 +108,13 @@ def load_embedding_dataset(source: Any, split: str = "train"):
     path = Path(source) if isinstance(source, (str, os.PathLike)) else None
     if path is not None and is_retrieval_folder(path):
         records: Iterable = read_retrieval_folder(path)
-    elif path is not None and path.is_dir() and not _is_saved_dataset(path):
+    elif path is not None and path.is_dir() and not is_saved_dataset(path):
         subsets = sorted(p for p in path.iterdir() if is_retrieval_folder(p))
         records = [r for p in subsets for r in read_retrieval_folder(p)]
         if not subsets:
-            records = _iter_source(source, split, "embedding")
+            records = iter_records(source, split, "embedding")
     else:
-        records = _iter_source(source, split, "embedding")
+        records = iter_records(source, split, "embedding")
     rows = [normalize_embedding_record(record, where, name) for where, record, name in records]
     if not rows:
         raise ValueError(f"The embedding dataset {source!r:.100} holds no examples.")
@@ -245,6 +172,10 @@ def tokenize_generative_record(
 
     Chats are tokenized piece by piece (prompt, answer, prompt, answer, ...), each piece as the template renders it,
     so an answer starts on a token boundary exactly as it does when the model generates it.
+
+    Why not TRL's completion-only masking (`assistant_only_loss`): it needs a chat template that marks assistant
+    turns with `{% generation %}` blocks, which SmolLM2's, GritLM-7B's Tülu template and most stock templates lack.
+    Rendering prefixes works with any template that renders conversations incrementally, and checks that it does.
     """
     if "text" in record:
         ids = tokenizer(record["text"], add_special_tokens=True)["input_ids"]
@@ -291,7 +222,7 @@ def load_generative_dataset(
     if isinstance(source, datasets.Dataset) and "input_ids" in source.column_names:
         return source
     rows = []
-    for where, record, _ in _iter_source(source, split, "generative"):
+    for where, record, _ in iter_records(source, split, "generative"):
         normalized = normalize_generative_record(record, where)
         rows.append(tokenize_generative_record(tokenizer, normalized, chat_template, where))
     if not rows:

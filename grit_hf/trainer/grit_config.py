@@ -10,14 +10,14 @@ from trl import SFTConfig
 
 from ..rag.prompts import CACHING_MODES
 from ..validation import check_non_negative_number, check_positive_int
-from .cache_loss import CACHE_TEACHER_LOSSES
 from .losses import GEN_LOSS_AGGREGATIONS
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["GRITConfig", "GRIT_MODES"]
+__all__ = ["GRITConfig", "GRIT_MODES", "CACHE_TEACHER_LOSSES"]
 
 GRIT_MODES = ("unified", "embedding", "generative")
+CACHE_TEACHER_LOSSES = ("ce", "kl")
 
 
 def _has_accelerator() -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import types
 from pathlib import Path
 from typing import Any
 
@@ -16,60 +15,23 @@ from accelerate.utils.memory import clear_device_cache
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from trl import SFTTrainer
 
-from ..checkpoint.resolve import checkpoint_display_name
-from ..checkpoint.saving import ADAPTER_GRIT_CONFIG, save_grit_checkpoint
+from ..checkpoint.saving import save_grit_checkpoint
+from ..folders.adapters import ADAPTER_GRIT_CONFIG
+from ..folders.resolve import checkpoint_display_name
 from ..modeling_gritlm import GritLMForCausalLM, GritLMPreTrainedModel
 from ..rag.prompts import RAGPrompts
 from .cache_data import load_cache_dataset
 from .cache_loss import CacheStream
 from .collators import EmbeddingBatchSampler, EmbeddingCollator, StepIndexCollator
 from .data import load_embedding_dataset, load_generative_dataset
+from .embedding_forward import add_embedding_forward
 from .grad_cache import representation_backward
 from .grit_config import GRITConfig
 from .losses import generative_loss_units, sample_index_from_position_ids
 
 logger = get_logger(__name__)
 
-__all__ = ["GRITTrainer", "add_embedding_forward"]
-
-_FORWARD_ONLY_KWARGS = (
-    "labels",
-    "output_attentions",
-    "output_hidden_states",
-    "return_dict",
-    "inputs_embeds",
-    "use_cache",
-)
-
-
-def add_embedding_forward(model: GritLMPreTrainedModel) -> None:
-    """Let `model(input_ids=..., attention_mask=..., prefix_lengths=..., grit_embed=True)` return pooled embeddings,
-    and `model(input_ids=..., attention_mask=..., grit_states=True)` the key/value states of the embedding pass.
-
-    The embedding pass then goes through the model's `__call__`, so DDP, FSDP, DeepSpeed and PEFT wrappers see it like
-    any forward pass. It is `embedding_forward` + `pool`, the path of `encode` (bidirectional attention, fp32 pooling
-    over the text tokens only). Without `grit_embed`/`grit_states` the forward is unchanged.
-    """
-    previous_forward = model.forward
-
-    @functools.wraps(type(model).forward)
-    def _forward(
-        self, *args, grit_embed: bool = False, grit_states: bool = False, prefix_lengths: torch.Tensor | None = None,
-        **kwargs,
-    ):  # fmt: skip
-        if not (grit_embed or grit_states):
-            return previous_forward(*args, **kwargs)
-        if args or (grit_embed and prefix_lengths is None):
-            raise TypeError("The embedding forward takes `input_ids`, `attention_mask` and `prefix_lengths` keywords.")
-        input_ids, attention_mask = kwargs.pop("input_ids"), kwargs.pop("attention_mask")
-        kwargs = {k: v for k, v in kwargs.items() if k not in _FORWARD_ONLY_KWARGS and v is not None}
-        outputs = self.embedding_forward(input_ids, attention_mask, use_cache=grit_states, **kwargs)
-        if grit_states:
-            return outputs.cache
-        return self.pool(outputs.last_hidden_state, attention_mask, prefix_lengths)
-
-    model.forward = types.MethodType(_forward, model)
-
+__all__ = ["GRITTrainer"]
 
 def _unwrap_grit(model) -> GritLMPreTrainedModel | None:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -137,7 +99,7 @@ class GRITTrainer(SFTTrainer):
             raise TypeError(f"`processing_class` must be a tokenizer, got {type(processing_class).__name__}.")
         if processing_class.pad_token is None:
             processing_class.pad_token = processing_class.eos_token
-        grit_model.tokenizer = processing_class  # saved checkpoints get sentence-transformers files from it
+        grit_model.tokenizer = processing_class  # the model embeds (and the cache loss builds prompts) with it
 
         generative, embedding = self._load_data(
             args, train_dataset, embedding_dataset, processing_class, grit_model.config.chat_template
@@ -397,7 +359,7 @@ class GRITTrainer(SFTTrainer):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
         if isinstance(model, GritLMPreTrainedModel) and state_dict is None and self.args.should_save:
-            save_grit_checkpoint(model, self._tokenizer, output_dir)
+            save_grit_checkpoint(model, self.processing_class, output_dir)
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
             return
         super()._save(output_dir, state_dict)

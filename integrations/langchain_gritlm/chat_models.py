@@ -20,9 +20,9 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.ai import InputTokenDetails, UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import ConfigDict, Field
 
-from grit_hf.rag import GenerationResult, GritRAG, check_model_argument
+from grit_hf.rag import GenerationResult
 from grit_hf.rag.integration import UsesSharedGrit, aiter_in_thread
 from grit_hf.validation import check_non_negative_number, check_positive_int
 
@@ -90,19 +90,11 @@ class ChatGritLM(UsesSharedGrit, BaseChatModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=(), populate_by_name=True)
 
-    model: Any = "default"
     max_tokens: int = Field(default=256, gt=0, alias="max_new_tokens")
     temperature: float | None = Field(default=None, ge=0)
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
     reuse_cache: bool = True
     streaming: bool = False
-
-    _shared: GritRAG | None = PrivateAttr(default=None)
-
-    @field_validator("model")
-    @classmethod
-    def _check_model(cls, value: Any) -> Any:
-        return check_model_argument(value)
 
     @property
     def model_name(self) -> str:

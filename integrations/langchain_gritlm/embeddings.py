@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
 from langchain_core.embeddings import Embeddings
 from langchain_core.runnables.config import run_in_executor
-from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator
 
-from grit_hf.rag import GritRAG, check_model_argument
 from grit_hf.rag.integration import UsesSharedGrit, embed_documents
 from grit_hf.validation import check_str_list, check_text
 
 __all__ = ["GritLMEmbeddings"]
 
 
-class GritLMEmbeddings(UsesSharedGrit, BaseModel, Embeddings):
+class GritLMEmbeddings(UsesSharedGrit, Embeddings):
     """Embeddings from a GRIT model (one decoder that embeds and generates).
 
     Documents are embedded without an instruction and, by default, their key/value states are kept in the shared
@@ -47,21 +43,8 @@ class GritLMEmbeddings(UsesSharedGrit, BaseModel, Embeddings):
     ```
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
-
-    model: Any = "default"
     query_instruction: str | None = None
     cache_documents: bool = True
-    cache_attention: Literal["bidirectional", "causal"] | None = None
-    rag_kwargs: dict[str, Any] | None = None
-
-    _shared: GritRAG | None = PrivateAttr(default=None)
-
-    @field_validator("model")
-    @classmethod
-    def _check_model(cls, value: Any) -> Any:
-        return check_model_argument(value)
-
     @property
     def model_name(self) -> str:
         """A readable name of the model (the checkpoint folder's name)."""

@@ -431,8 +431,8 @@ def test_answers_compose_the_dequantized_states_at_their_offsets(tiny_model, tmp
 
 def test_int8_answers_stay_close_to_dense_ones(tiny_model):
     """The next-token distributions along an answer barely move (KL per token), for causal states."""
+    from grit_hf.generation.compose import continuation_logits
     from grit_hf.rag import GritRAG
-    from grit_hf.rag.compose import continuation_logits
 
     dense = GritRAG(tiny_model, cache_attention="causal")
     dense.add_documents(DOCS, ids=["paris", "berlin", "photo"])

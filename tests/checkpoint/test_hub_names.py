@@ -130,7 +130,7 @@ def test_resolve_names_helpers(hub):
     assert grit_hf.resolve_checkpoint(GRITLM) == snapshot
     assert grit_hf.resolve_checkpoint(GRITLM, revision="v2") == hub["snapshots"][(GRITLM, "v2")]
     assert grit_hf.resolve_checkpoint(GRITLM, revision=snapshot.name) == snapshot  # a commit hash
-    from grit_hf.checkpoint.resolve import checkpoint_display_name, hub_repo_id, known_grit_checkpoint
+    from grit_hf.folders.resolve import checkpoint_display_name, hub_repo_id, known_grit_checkpoint
 
     assert hub_repo_id(snapshot) == GRITLM and hub_repo_id(hub["stock"][LLAMA]) is None
     assert checkpoint_display_name(snapshot) == GRITLM and checkpoint_display_name(GRITLM) == GRITLM
@@ -139,7 +139,7 @@ def test_resolve_names_helpers(hub):
 
 
 def test_known_grit_checkpoints(hub, grit_checkpoint, tmp_path):
-    from grit_hf.checkpoint.resolve import known_grit_checkpoint
+    from grit_hf.folders.resolve import known_grit_checkpoint
 
     assert known_grit_checkpoint(grit_checkpoint("llama")) == "a grit-hf checkpoint"
     org = tmp_path / "models--GritLM--GritLM-8x7B" / "snapshots" / ("0" * 40)
@@ -247,7 +247,7 @@ def test_trainer_takes_hub_names(hub, tmp_path):
     from trainer.helpers import embedding_records, generative_records, write_jsonl
     from trl import ModelConfig
 
-    from grit_hf.train import train
+    from grit_hf.cli.train import train
     from grit_hf.trainer import GRITConfig, GRITTrainer
 
     def args(name: str) -> GRITConfig:

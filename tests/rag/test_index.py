@@ -11,11 +11,11 @@ import torch
 from grit_hf import GritLMForCausalLM
 from grit_hf.cache import DiskKVStore, FingerprintMismatchError
 from grit_hf.cache.buffers import PreallocatedLayer, append_states, new_cache
+from grit_hf.generation.compose import close_with_text, compose
+from grit_hf.generation.engine import _pick
+from grit_hf.generation.segments import resolve_segments
 from grit_hf.rag import CachedSegment, GenerationResult, GritRAG
-from grit_hf.rag.compose import close_with_text, compose
-from grit_hf.rag.decoding import _pick
 from grit_hf.rag.prompts import RAG_MODES, RAGPrompts, chat_markers, fill
-from grit_hf.rag.segments import resolve_segments
 
 DOCS = [
     "The capital of France is Paris. Paris is a city on the Seine.",

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-import grit_hf.checkpoint.resolve
+import grit_hf.folders.resolve
 import grit_hf.rag.registry
 from grit_hf import GritLMForCausalLM
-from grit_hf.checkpoint.default_model import DEFAULT_MODEL_NAME
+from grit_hf.folders.default_model import DEFAULT_MODEL_NAME
 from grit_hf.rag import (
     MIN_CACHED_CHARS,
     CachedSegment,
@@ -72,7 +72,7 @@ def test_model_object_instance(path):
 
 
 def test_default_resolves_to_the_default_folder(path, monkeypatch):
-    monkeypatch.setattr(grit_hf.checkpoint.resolve, "default_model_path", lambda: Path(path))
+    monkeypatch.setattr(grit_hf.folders.resolve, "default_model_path", lambda: Path(path))
     assert get_shared("default") is get_shared(path)
     assert model_display_name("default") == DEFAULT_MODEL_NAME
 

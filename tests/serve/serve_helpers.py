@@ -56,7 +56,7 @@ def free_port() -> int:
 def start_server(argv: list[str], model=None) -> RunningServer:
     """Parse `grit-hf serve` arguments, build the server as the command does and run it in a thread."""
     from grit_hf.cli import make_parser
-    from grit_hf.serve.cli import build_server
+    from grit_hf.cli.serve import build_server
 
     port = free_port()
     args = make_parser().parse_args(["serve", "--port", str(port), "--log-level", "warning", *argv])
@@ -86,7 +86,7 @@ SMALL_LIMITS = [
 def slow_generation(monkeypatch, running: RunningServer, delay: float) -> threading.Event:
     """Make every text piece of the server's generations take `delay` more seconds (for limits, timeouts and
     disconnects that must not depend on the machine's speed); returns an event set when a stream is closed."""
-    from grit_hf.rag.decoding import GenerationStream
+    from grit_hf.generation.engine import GenerationStream
 
     rag = running.state.rag
     real = rag.generate

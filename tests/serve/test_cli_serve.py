@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from grit_hf.cli import make_parser
-from grit_hf.serve.cli import API_KEY_ENV, _is_loopback, build_server
+from grit_hf.cli.serve import API_KEY_ENV, _is_loopback, build_server
 
 
 def test_defaults_listen_on_the_loopback_only():

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from transformers import DynamicCache
 
 from grit_hf import GritLMForCausalLM, GritRAG
-from grit_hf.rag.compose import close_with_text, compose
+from grit_hf.generation.compose import close_with_text, compose
 from grit_hf.trainer.cache_loss import CacheExample, CachePrompter, cache_loss, teacher_answers
 
 from .helpers import write_jsonl
@@ -97,7 +97,7 @@ def test_causal_embedding_states_make_the_cache_loss_the_plain_loss(tiny_grit, m
         kl = cache_loss(model, _states_fn(model), prompter, [example], find_rotary(model), teacher_loss="kl")
         ce = cache_loss(model, _states_fn(model), prompter, [example], find_rotary(model), teacher_loss="ce")
         plain = [part.as_text() if part.states is not None else part for part in prompter.parts(example)]
-        from grit_hf.rag.compose import continuation_logits
+        from grit_hf.generation.compose import continuation_logits
 
         logits = continuation_logits(model, plain, example.answer_ids, None, model.device)[0]
         targets = torch.tensor(example.answer_ids + [model.tokenizer.eos_token_id])

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal
+from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
-from grit_hf.rag import GritRAG, check_model_argument, model_display_name
+from grit_hf.rag import check_model_argument, model_display_name
 from grit_hf.rag.integration import UsesSharedGrit, embed_documents
 
 __all__ = ["GritLMEmbedding"]
@@ -45,18 +45,8 @@ class GritLMEmbedding(UsesSharedGrit, BaseEmbedding):
     ```
     """
 
-    model: Any = Field(
-        default="default", description="Checkpoint folder, Hub name, 'default' or a loaded GritLMForCausalLM."
-    )
     query_instruction: str | None = Field(default=None, description="Instruction for queries (None: the default).")
     cache_documents: bool = Field(default=True, description="Keep the key/value states of embedded texts.")
-    cache_attention: Literal["bidirectional", "causal"] | None = Field(
-        default=None, description="Attention of the cached states (None: the shared instance's setting)."
-    )
-    rag_kwargs: dict[str, Any] | None = Field(default=None, description="More GritRAG settings (e.g. a store).")
-
-    _shared: GritRAG | None = PrivateAttr(default=None)
-
     def __init__(self, model: Any = "default", **kwargs: Any) -> None:
         kwargs.setdefault("model_name", model_display_name(check_model_argument(model)))
         super().__init__(model=model, **kwargs)

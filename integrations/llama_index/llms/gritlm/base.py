@@ -20,9 +20,9 @@ from llama_index.core.base.llms.types import (
 )
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
-from pydantic import Field, PrivateAttr, field_validator
+from pydantic import Field
 
-from grit_hf.rag import GenerationResult, GritRAG, check_model_argument
+from grit_hf.rag import GenerationResult
 from grit_hf.rag.integration import UsesSharedGrit, aiter_in_thread
 from grit_hf.validation import check_non_negative_number, check_positive_int
 
@@ -73,21 +73,11 @@ class GritLM(UsesSharedGrit, CustomLLM):
     ```
     """
 
-    model: Any = Field(
-        default="default", description="Checkpoint folder, Hub name, 'default' or a loaded GritLMForCausalLM."
-    )
     max_new_tokens: int = Field(default=256, gt=0, description="Maximum number of new tokens.")
     temperature: float | None = Field(default=None, ge=0, description="Sampling temperature (None/0: greedy).")
     stop: list[str] | None = Field(default=None, description="Stop sequences.")
     reuse_cache: bool = Field(default=True, description="Reuse cached key/value states of texts in the prompt.")
     context_window: int | None = Field(default=None, gt=0, description="Tokens of prompt plus answer.")
-
-    _shared: GritRAG | None = PrivateAttr(default=None)
-
-    @field_validator("model")
-    @classmethod
-    def _check_model(cls, value: Any) -> Any:
-        return check_model_argument(value)
 
     @classmethod
     def class_name(cls) -> str:

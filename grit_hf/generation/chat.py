@@ -1,12 +1,12 @@
 """Plain chat generation with a GRIT model (the checkpoint's chat template applied), on grit-hf's one generation
-engine (`grit_hf.rag.decoding.Generator`)."""
+engine (`grit_hf.generation.engine.Generator`)."""
 
 from __future__ import annotations
 
-from .formatting import apply_chat_template
-from .modeling_gritlm import GritLMForCausalLM
-from .rag.decoding import GenerationOptions, GenerationResult, GenerationStream, Generator
-from .rag.segments import resolve_segments
+from ..formatting import apply_chat_template
+from ..modeling_gritlm import GritLMForCausalLM
+from .engine import GenerationOptions, GenerationResult, GenerationStream, Generator
+from .segments import resolve_segments
 
 __all__ = ["chat"]
 

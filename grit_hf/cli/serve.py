@@ -1,0 +1,151 @@
+"""`grit-hf serve`: start the OpenAI-compatible server (FastAPI on uvicorn) for one model.
+
+    grit-hf serve --model default                      # 127.0.0.1:8000, no key
+    GRIT_HF_API_KEY=secret grit-hf serve --model ./ckpt --host 0.0.0.0 --port 9000 --cache-dir /var/cache/grit
+
+Heavy imports (torch, FastAPI, uvicorn) happen inside the command, so `grit-hf --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+
+__all__ = ["add_parser", "build_app", "build_server", "API_KEY_ENV"]
+
+API_KEY_ENV = "GRIT_HF_API_KEY"
+logger = logging.getLogger("grit_hf.serve")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the `serve` command."""
+    from ..serve.limits import Limits
+    from .model_commands import add_model_arguments
+
+    parser = subparsers.add_parser(
+        "serve",
+        help="OpenAI-compatible server: embeddings and chat from one model, sharing cached document states",
+        description="Serve /v1/embeddings, /v1/chat/completions, /v1/models, /v1/documents, /health and /metrics "
+        "from one GRIT model (FastAPI + uvicorn; needs the 'serve' extra).",
+    )
+    add_model_arguments(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help=f"require 'Authorization: Bearer KEY' on every endpoint but /health (default: ${API_KEY_ENV})",
+    )
+    parser.add_argument("--served-model-name", default=None, help="the model id clients send (default: its name)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    store = parser.add_argument_group("key/value store")
+    store.add_argument("--cache-bytes", type=int, default=2**30, help="byte budget of the in-memory store (LRU)")
+    store.add_argument("--cache-dir", default=None, help="keep states on disk here (the memory store fronts it)")
+    store.add_argument("--cache-attention", choices=["causal", "bidirectional"], default=None)
+    store.add_argument(
+        "--decode-cache",
+        choices=["preallocated", "dynamic", "static"],
+        default=None,
+        help="decode cache (GPU: static)",
+    )
+    store.add_argument(
+        "--compile", action="store_true", help="torch.compile decoding (CUDA with --decode-cache static)"
+    )
+    store.add_argument(
+        "--no-cache-embeddings",
+        dest="cache_embeddings",
+        action="store_false",
+        help="do not index documents embedded through /v1/embeddings unless a request asks ('cache': true)",
+    )
+    batching = parser.add_argument_group("embedding batcher")
+    batching.add_argument("--batch-size", type=int, default=64, help="texts per model call (at most)")
+    batching.add_argument("--batch-wait-ms", type=float, default=2.0, help="wait for more requests (ms)")
+    limits = parser.add_argument_group("limits")
+    defaults = Limits()
+    for name, kind in (
+        ("max_body_bytes", int),
+        ("max_inputs", int),
+        ("max_input_tokens", int),
+        ("max_tokens", int),
+        ("max_prompt_tokens", int),
+        ("max_concurrent_generations", int),
+        ("max_queued_inputs", int),
+        ("max_documents", int),
+        ("request_timeout", float),
+    ):
+        limits.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name))
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build_app(args: argparse.Namespace, model=None):
+    """The app for parsed `args` (`model`: a loaded model to serve instead of `--model`)."""
+    import torch
+
+    from ..cache.disk import DiskKVStore
+    from ..cache.store import MemoryKVStore
+    from ..rag.registry import get_shared, model_display_name
+    from ..serve.app import create_app
+    from ..serve.limits import Limits
+    from ..serve.state import ServerSettings
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    limits = Limits(**{name: getattr(args, name) for name in Limits.__dataclass_fields__})
+    if args.cache_dir:
+        store = DiskKVStore(args.cache_dir, memory_bytes=args.cache_bytes)
+    else:
+        store = MemoryKVStore(max_bytes=args.cache_bytes)
+    rag_kwargs = dict(store=store, max_length=limits.max_input_tokens + 512, cache_attention=args.cache_attention)
+    rag_kwargs.update(decode_cache=args.decode_cache, compile=args.compile or None)
+    source = model if model is not None else args.model
+    load_kwargs = None if model is not None else dict(device=args.device, dtype=args.dtype, revision=args.revision)
+    rag = get_shared(source, load_kwargs=load_kwargs, rag_kwargs=rag_kwargs)
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
+    settings = ServerSettings(
+        model_name=args.served_model_name or model_display_name(rag.model),
+        api_key=api_key,
+        cache_embeddings=args.cache_embeddings,
+        batch_size=args.batch_size,
+        batch_wait=args.batch_wait_ms / 1000,
+    )
+    return create_app(rag, settings, limits)
+
+
+def build_server(args: argparse.Namespace, model=None):
+    """A `uvicorn.Server` for parsed `args`, not yet running (`server.run()` blocks; tests run it in a thread)."""
+    import uvicorn
+
+    if not _is_loopback(args.host) and not (args.api_key or os.environ.get(API_KEY_ENV)):
+        logger.warning(f"Listening on {args.host} without an API key: anyone who can reach it may use the model.")
+    app = build_app(args, model)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=10,  # then open streams are cancelled, which stops their generations
+        access_log=False,
+    )
+    return uvicorn.Server(config)
+
+
+def run(args: argparse.Namespace) -> int:
+    server = build_server(args)
+    name = server.config.app.state.grit.settings.model_name
+    print(f"grit-hf serve: {name} on http://{args.host}:{args.port}/v1", flush=True)
+    server.run()
+    return 0
