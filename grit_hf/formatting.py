@@ -188,13 +188,12 @@ def check_messages(messages: Any, name: str = "messages") -> list[dict[str, str]
 
 def apply_chat_template(
     tokenizer: PreTrainedTokenizerBase,
-    messages: str | list[dict[str, str]],
+    messages: list[dict[str, str]],
     fallback_template: str | None = None,
     add_generation_prompt: bool = True,
 ) -> str:
-    """Render chat `messages` (or a single user prompt) with the tokenizer's chat template, or `fallback_template`
-    when the tokenizer has none."""
-    messages = check_messages(messages)
+    """Render chat `messages` (`{"role", "content"}` dicts, as `check_messages` returns them: the public entries check
+    them) with the tokenizer's chat template, or `fallback_template` when the tokenizer has none."""
     template = tokenizer.chat_template or fallback_template
     if template is None:
         raise ValueError("The tokenizer has no chat template and the config sets no `chat_template`.")

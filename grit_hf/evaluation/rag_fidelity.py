@@ -23,7 +23,6 @@ import torch
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
-from ..generation.compose import continuation_logits
 from ..rag.documents import document_id
 from ..rag.gritrag import GritRAG
 from ..rag.prompts import CACHING_MODES
@@ -39,9 +38,8 @@ __all__ = ["evaluate_rag_fidelity", "format_fidelity_table"]
 @torch.inference_mode()
 def _kl_along(rag: GritRAG, segments, answer_ids: list[int]) -> float:
     """Mean KL(plain || cached) of the next-token distributions predicting `answer_ids` (and the token after)."""
-    model, rotary = rag.model, rag.generator.rotary_emb
-    cached = continuation_logits(model, rag.resolve(segments), answer_ids, rotary, model.device)[0].float()
-    plain = continuation_logits(model, rag.resolve(segments, reuse_cache=False), answer_ids, None, model.device)[0]
+    cached = rag.generator.continuation_logits(rag.resolve(segments), answer_ids)[0].float()
+    plain = rag.generator.continuation_logits(rag.resolve(segments, reuse_cache=False), answer_ids)[0]
     plain = plain.float().log_softmax(-1)
     kl = torch.nn.functional.kl_div(cached.log_softmax(-1), plain, log_target=True, reduction="none").sum(-1)
     return float(kl.clamp(min=0).mean())  # >= 0; rounding can leave -1e-9 where the two are equal

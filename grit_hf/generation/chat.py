@@ -3,7 +3,7 @@ engine (`grit_hf.generation.engine.Generator`)."""
 
 from __future__ import annotations
 
-from ..formatting import apply_chat_template
+from ..formatting import apply_chat_template, check_messages
 from ..modeling_gritlm import GritLMForCausalLM
 from .engine import GenerationOptions, GenerationResult, GenerationStream, Generator
 from .segments import resolve_segments
@@ -35,7 +35,7 @@ def chat(
     if not isinstance(model, GritLMForCausalLM):
         raise TypeError(f"`model` must be a GritLMForCausalLM, got {type(model).__name__}.")
     options = GenerationOptions(max_new_tokens=max_new_tokens, **options)
-    prompt = apply_chat_template(model.tokenizer, messages, model.config.chat_template)
+    prompt = apply_chat_template(model.tokenizer, check_messages(messages), model.config.chat_template)
     parts = resolve_segments([prompt], model.tokenizer)
     pieces = Generator(model).stream(parts, options)
     if stream:

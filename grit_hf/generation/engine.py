@@ -29,7 +29,7 @@ from transformers.utils import logging
 from ..cache.buffers import DECODE_CACHES, DecodeCache, new_cache, static_cache_size
 from ..cache.positions import find_rotary_embedding
 from ..validation import check_non_negative_number, check_positive_int, check_probability, check_seed
-from .compose import close_with_text, compose
+from .compose import close_with_text, compose, continuation_logits
 from .segments import Part, special_prefix
 
 logger = logging.get_logger(__name__)
@@ -251,6 +251,14 @@ class Generator:
         result.prompt_tokens, result.cache_read_tokens = composition.position, composition.cache_read
         tokens = self._tokens(composition.cache, composition.logits[0, -1], composition.position, options, result)
         return GenerationStream(self._text(tokens, options.stop, result), result)
+
+    @torch.inference_mode()
+    def continuation_logits(self, parts: list[Part], continuation: list[int]) -> torch.Tensor:
+        """The logits `[1, n + 1, vocab]` predicting each of the `n` tokens of `continuation` after the prompt `parts`,
+        and the token after it (teacher forcing, e.g. to compare two prompts' distributions along one answer)."""
+        rotary = self.rotary_emb if any(part.states is not None for part in parts) else None
+        with self.model.forward_lock:
+            return continuation_logits(self.model, parts, continuation, rotary, self.model.device)
 
     def generate(
         self, parts: list[Part], options: GenerationOptions | None = None, result: GenerationResult | None = None

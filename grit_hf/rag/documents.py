@@ -13,7 +13,9 @@ from typing import Any
 
 import torch
 
-from ..validation import check_positive_int, check_str_list
+from ..generation.segments import CachedSegment
+from ..validation import check_str_list
+from .prompts import split_on_texts
 
 __all__ = ["DocumentTable", "document_id", "MIN_CACHED_CHARS"]
 
@@ -30,7 +32,7 @@ def document_id(text: str) -> str:
 
 class DocumentTable:
     """Indexed documents: ids (in indexing order), texts, embeddings `(n, dim)` (float32, CPU), and the ids whose
-    texts were truncated for embedding (their states cannot stand for them; they are re-read as text).
+    states are not stored (too long for `GritRAG.cache_max_length`; they are re-read as text).
 
     Not thread-safe on its own: `GritRAG` changes it under the model's lock."""
 
@@ -54,10 +56,11 @@ class DocumentTable:
                 new[doc_id] = text
         return new
 
-    def update(self, new: dict[str, str], embeddings: torch.Tensor, truncated: list[bool]) -> None:
-        """Add (or replace) the documents `new` with their embeddings, in order, at the end."""
+    def update(self, new: dict[str, str], embeddings: torch.Tensor, uncached: list[bool]) -> None:
+        """Add (or replace) the documents `new` with their embeddings (and whether their states are not stored), in
+        order, at the end."""
         self.texts.update(new)
-        self.uncached = (self.uncached - set(new)) | {doc_id for doc_id, cut in zip(new, truncated) if cut}
+        self.uncached = (self.uncached - set(new)) | {doc_id for doc_id, cut in zip(new, uncached) if cut}
         keep = [row for row, doc_id in enumerate(self.ids) if doc_id not in new]
         self.ids = [self.ids[row] for row in keep] + list(new)
         self.embeddings = torch.cat([self.embeddings[keep], embeddings.float().cpu()])
@@ -89,7 +92,6 @@ class DocumentTable:
 
     def rank(self, query_embedding: torch.Tensor, top_k: int) -> list[tuple[str, float]]:
         """The `top_k` documents by cosine similarity (embeddings are normalised), best first."""
-        check_positive_int(top_k, "top_k")
         if not self.ids:
             return []
         scores = self.embeddings @ query_embedding.float().cpu().reshape(-1)
@@ -101,3 +103,10 @@ class DocumentTable:
         at least `min_chars` characters long."""
         candidates = self.ids if doc_ids is None else doc_ids
         return {d: self.texts[d] for d in candidates if len(self.texts[d]) >= min_chars and d not in self.uncached}
+
+    def split_prompt(self, prompt: str, doc_ids: list[str] | None, template: str) -> list[str | CachedSegment]:
+        """`prompt` split at verbatim occurrences of the documents whose states may be spliced in (`cacheable_texts`
+        of at least `MIN_CACHED_CHARS`), each replaced by a `CachedSegment` (`split_on_texts`: earliest, then longest
+        match; `template` directly before a match is taken into it)."""
+        pieces = split_on_texts(prompt, self.cacheable_texts(doc_ids, MIN_CACHED_CHARS), template)
+        return [piece if isinstance(piece, str) else CachedSegment(piece[0]) for piece in pieces]

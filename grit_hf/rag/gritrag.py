@@ -1,17 +1,9 @@
 """`GritRAG`: retrieval and generation with one GRIT model, reusing the key/value states computed while embedding
 (paper section 4, "RAG with caching").
 
-Modes of `GritRAG.answer` (prompt layouts in `grit_hf.rag.prompts`):
-
-| mode | prompt | cached |
-|---|---|---|
-| `none` | the query in the chat template | - |
-| `rag_query_doc` | query part (query template + query) + `query_cached` suffix with the documents' text | - |
-| `rag_doc_query` | document part(s) (document template + text) + `doc_cached` suffix with the query | - |
-| `query` | as `rag_query_doc` | the query part (states of its embedding pass) |
-| `doc` | as `rag_doc_query` | the document part(s) (states stored by `add_documents`) |
-| `query_doc` | query part + document part(s) + `query_doc_cached` suffix | both |
-| `doc_query` | document part(s) + query part + `doc_query_cached` suffix | both |
+Modes of `GritRAG.answer`: `none` (no documents), plain RAG `rag_query_doc` / `rag_doc_query` (query then documents,
+or the inverse), and the caching modes `query`, `doc`, `query_doc`, `doc_query` (which parts come from cached states;
+the table and the prompt layouts are in `grit_hf.rag.prompts`).
 
 Plain RAG re-reads exactly the token ids the caching modes take from the cache. With causal caches
 (`cache_attention="causal"`), `query` equals `rag_query_doc` token for token, and so does `doc` with one document
@@ -46,12 +38,13 @@ from ..cache.positions import verify_rerotation
 from ..cache.states import KVStates
 from ..cache.store import KVStore, MemoryKVStore
 from ..configuration_gritlm import ATTENTIONS
-from ..formatting import apply_chat_template
+from ..formatting import apply_chat_template, check_messages
 from ..generation.engine import GenerationOptions, GenerationResult, GenerationStream, Generator
 from ..generation.segments import CachedSegment, Part, Segment, resolve_segments, strip_prefix_end
 from ..validation import check_positive_int, check_str_list, check_text, check_texts
-from .documents import MIN_CACHED_CHARS, DocumentTable, document_id
-from .prompts import CACHED_QUERY_MODES, RAG_MODES, DocumentSlot, QuerySlot, RAGMode, RAGPrompts, split_on_texts
+from .documents import DocumentTable, document_id
+from .embedding_pass import EmbeddingPass
+from .prompts import CACHED_QUERY_MODES, DocumentSlot, QuerySlot, RAGMode, RAGPrompts, check_mode
 
 logger = logging.get_logger(__name__)
 
@@ -71,8 +64,10 @@ class GritRAG:
             per token; `grit_hf.cache.quantization`).
         prompts: the prompt formats (default: `RAGPrompts.for_model(model)`).
         query_instruction: instruction for queries (default: `config.default_query_instruction`).
-        max_length: most tokens per document or query, template included. A longer document is embedded truncated
-            (with a warning) and its states are not stored: it is re-read as text where it is used.
+        max_length: most tokens embedded per document or query, template included (a retrieval choice: a longer text
+            is embedded truncated, with a warning; its states are still cached in full, up to `cache_max_length`).
+        cache_max_length: most tokens of a document or query whose states are cached (default: the model's
+            positions). A longer document is re-read as text where it is used.
         batch_size: texts per embedding forward pass.
         decode_cache, compile: the decode cache of the generation engine (`grit_hf.generation.engine.Generator`).
         verify_positions: check once that re-rotating keys matches the model (`verify_rerotation`).
@@ -99,6 +94,7 @@ class GritRAG:
         prompts: RAGPrompts | None = None,
         query_instruction: str | None = None,
         max_length: int = 4096,
+        cache_max_length: int | None = None,
         batch_size: int = 8,
         decode_cache: DecodeCache = "preallocated",
         compile: bool = False,
@@ -116,13 +112,16 @@ class GritRAG:
             raise TypeError(f"`prompts` must be a RAGPrompts, got {type(prompts).__name__}.")
         if query_instruction is not None:
             check_text(query_instruction, "query_instruction")
-        self.max_length = check_positive_int(max_length, "max_length")
-        self.batch_size = check_positive_int(batch_size, "batch_size")
+        check_positive_int(max_length, "max_length")
+        check_positive_int(cache_max_length, "cache_max_length", allow_none=True)
+        check_positive_int(batch_size, "batch_size")
         self.model = model.eval()
         self.tokenizer = model.tokenizer
         self.generator = Generator(model, decode_cache=decode_cache, compile=compile)
         self.cache_attention = cache_attention
         self.causal_cache = cache_attention == "causal"
+        cache_max_length = cache_max_length or model.max_positions or max_length
+        self.embedding_pass = EmbeddingPass(model, self.causal_cache, max_length, cache_max_length, batch_size)
         self.prompts = prompts if prompts is not None else RAGPrompts.for_model(model)
         self.query_instruction = (
             model.config.default_query_instruction if query_instruction is None else query_instruction
@@ -143,19 +142,6 @@ class GritRAG:
         return self.model.forward_lock
 
     # -- embedding ---------------------------------------------------------------------------------------------------
-    def _encode(self, texts: list[str], instruction: str, states: bool, embeddings: bool = True, progress=False):
-        """`(embeddings, states, truncated)` of `texts`: embeddings in the model's embedding attention, states (if
-        asked) in the cache attention (one pass when the two agree; `embeddings=False` skips a pass)."""
-        inputs = self.model.tokenize_for_embedding(texts, instruction, self.max_length)
-        kwargs = dict(batch_size=self.batch_size, show_progress_bar=progress)
-        if not states:
-            return self.model.embed_inputs(inputs, **kwargs)[0], None, inputs.truncated
-        if self.causal_cache == self.model.config.is_causal_embedding:
-            return (*self.model.embed_inputs(inputs, return_states=True, **kwargs), inputs.truncated)
-        vectors = self.model.embed_inputs(inputs, **kwargs)[0] if embeddings else None
-        _, kv = self.model.embed_inputs(inputs, return_states=True, is_causal=self.causal_cache, **kwargs)
-        return vectors, kv, inputs.truncated
-
     def embed(self, texts: str | Sequence[str], instruction: str | None = None) -> torch.Tensor:
         """Embeddings `(n, dim)` (float32, CPU) of `texts` with `instruction` (default: `query_instruction`; `""`
         embeds them as documents). Nothing is indexed or cached."""
@@ -165,7 +151,7 @@ class GritRAG:
         if not texts:
             return torch.empty(0, self.documents.embeddings.shape[1])
         instruction = self.query_instruction if instruction is None else instruction
-        return self._encode(texts, instruction, states=False)[0].float().cpu()
+        return self.embedding_pass.run(texts, instruction, states=False)[0].float().cpu()
 
     # -- indexing ----------------------------------------------------------------------------------------------------
     def add_documents(
@@ -195,11 +181,11 @@ class GritRAG:
         new = self.documents.changed(ids, texts)
         if not new:
             return ids
-        embeddings, states, truncated = self._encode(list(new.values()), "", states=True, progress=show_progress_bar)
+        embeddings, parts = self.embedding_pass.run(list(new.values()), "", states=True, progress=show_progress_bar)
+        uncached = [isinstance(part, list) for part in parts]  # too long to cache: any older entry is deleted
         with self.lock:
-            # states of a truncated text cannot stand for it: any older entry is deleted
-            self.store.put_many({i: None if cut else kv for i, kv, cut in zip(new, states, truncated)})
-            self.documents.update(new, embeddings, truncated)
+            self.store.put_many({i: None if cut else part for i, part, cut in zip(new, parts, uncached)})
+            self.documents.update(new, embeddings, uncached)
         return ids
 
     def remove_documents(self, ids: Sequence[str]) -> list[str]:
@@ -235,11 +221,11 @@ class GritRAG:
         if it is too long to cache."""
         text = self.documents.texts[self.documents.check_known([doc_id])[0]]
         if doc_id in self.documents.uncached:
-            return self._input_ids(text, "")
+            return self.embedding_pass.input_ids(text, "")
         states = self.store.get(doc_id)
         if states is None:
             logger.info(f"States of {doc_id!r} are no longer stored; recomputing them.")
-            _, (states,), _ = self._encode([text], "", states=True, embeddings=False)
+            _, (states,) = self.embedding_pass.run([text], "", states=True, embeddings=False)
             self.store.put(doc_id, states)
         return states
 
@@ -248,20 +234,21 @@ class GritRAG:
         """The `top_k` documents closest to `query` (cosine similarity), best first: `[(doc_id, score), ...]`."""
         check_text(query, "query")
         check_positive_int(top_k, "top_k")
-        return self.documents.rank(self._encode([query], self.query_instruction, states=False)[0][0], top_k)
+        return self.documents.rank(self.embedding_pass.run([query], self.query_instruction, states=False)[0][0], top_k)
 
     def query_states(self, query: str) -> KVStates | list[int]:
         """The states of `query` in its embedding format (query template + query) and the cache attention: what the
         query-caching modes reuse (`answer` takes them from the retrieval pass itself). A query longer than
-        `max_length` gives its full token ids instead (truncated states would drop part of it)."""
-        check_text(query, "query")
-        _, kv, truncated = self._encode([query], self.query_instruction, states=True, embeddings=False)
-        return self._input_ids(query, self.query_instruction) if truncated[0] else kv[0]
+        `cache_max_length` gives its full token ids instead (truncated states would drop part of it)."""
+        return self._query_states(check_text(query, "query"))
+
+    def _query_states(self, query: str) -> KVStates | list[int]:
+        return self.embedding_pass.run([query], self.query_instruction, states=True, embeddings=False)[1][0]
 
     # -- prompts -----------------------------------------------------------------------------------------------------
     def render_chat(self, messages: str | list[dict[str, str]]) -> str:
         """Render `{"role", "content"}` messages (or one user message) with the checkpoint's chat template."""
-        return apply_chat_template(self.tokenizer, messages, self.model.config.chat_template)
+        return apply_chat_template(self.tokenizer, check_messages(messages), self.model.config.chat_template)
 
     def split_prompt(self, prompt: str, doc_ids: Sequence[str] | None = None) -> list[Segment]:
         """Split a rendered prompt into segments, replacing each indexed document (of at least `MIN_CACHED_CHARS`
@@ -271,19 +258,11 @@ class GritRAG:
         A cached document stands for `document_template + text`: if the template text directly precedes the match
         it is absorbed (the prompt is unchanged); otherwise the spliced states add the template's tokens there.
 
-        Returns:
-            `[str, CachedSegment, str, ...]` (empty text pieces left out); `[prompt]` if no document appears.
+        Returns `[str, CachedSegment, str, ...]` (empty text pieces left out); `[prompt]` if no document appears.
         """
         check_text(prompt, "prompt")
         doc_ids = None if doc_ids is None else self.documents.check_known(doc_ids)
-        texts = self.documents.cacheable_texts(doc_ids, MIN_CACHED_CHARS)
-        pieces = split_on_texts(prompt, texts, self.model.config.document_template)
-        return [piece if isinstance(piece, str) else CachedSegment(piece[0]) for piece in pieces]
-
-    def _input_ids(self, text: str, instruction: str) -> list[int]:
-        """The token ids of the embedding input of `text` (template with `instruction`, special tokens), in full."""
-        prefix = self.model.config.format_query_prefix(instruction)
-        return self.tokenizer(prefix + text, add_special_tokens=True)["input_ids"]
+        return self.documents.split_prompt(prompt, doc_ids, self.model.config.document_template)
 
     def _text_ids(self, ids: list[int], first: bool) -> list[int]:
         """`ids` without the special prefix (BOS) unless the part opens the prompt: exactly the ids a cached part
@@ -298,27 +277,33 @@ class GritRAG:
         Plain RAG modes give token id lists (exactly the ids the caching modes take from the cache, texts in full);
         caching modes give `CachedSegment`s and the query's `KVStates` (`query_states`, computed here if not given).
         """
-        if mode not in RAG_MODES:
-            raise ValueError(f"Invalid `mode`: {mode!r}. Valid modes are: {RAG_MODES}.")
+        check_mode(mode)
         check_text(query, "query")
+        doc_ids = [] if mode == "none" else self.documents.check_known(doc_ids)
+        return self._build_segments(query, mode, doc_ids, query_states)
+
+    def _build_segments(
+        self, query: str, mode: RAGMode, doc_ids: list[str], query_states: KVStates | list[int] | None
+    ) -> list[Segment]:
         if mode == "none":
-            return [self.render_chat(query) + self.prompts.response_prefix]
-        doc_ids = self.documents.check_known(doc_ids)
+            messages = [{"role": "user", "content": query}]
+            return [apply_chat_template(self.tokenizer, messages, self.model.config.chat_template)
+                    + self.prompts.response_prefix]  # fmt: skip
         cached = mode not in ("rag_query_doc", "rag_doc_query")
         if mode in CACHED_QUERY_MODES and query_states is None:
-            query_states = self.query_states(query)
+            query_states = self._query_states(query)
         segments: list[Segment] = []
         for item in self.prompts.layout(mode, query, [self.documents.texts[d] for d in doc_ids]):
             first = not segments
             if isinstance(item, QuerySlot):
-                query_part = query_states if cached else self._input_ids(query, self.query_instruction)
+                query_part = query_states if cached else self.embedding_pass.input_ids(query, self.query_instruction)
                 segments.append(self._text_ids(query_part, first) if isinstance(query_part, list) else query_part)
             elif isinstance(item, DocumentSlot):
                 doc_id = doc_ids[item.index]
                 segments.append(
                     CachedSegment(doc_id)
                     if cached
-                    else self._text_ids(self._input_ids(self.documents.texts[doc_id], ""), first)
+                    else self._text_ids(self.embedding_pass.input_ids(self.documents.texts[doc_id], ""), first)
                 )
             else:
                 segments.append(item)
@@ -353,10 +338,13 @@ class GritRAG:
             **options: `GenerationOptions` fields: `max_new_tokens` (default 256), `stop`, `temperature`, `top_p`,
                 `seed`, `ignore_eos`.
 
-        Returns:
-            A `GenerationResult` (text, token ids, prompt/cache-read/completion counts, finish reason), or a stream.
+        Returns a `GenerationResult` (text, token ids, prompt/cache-read/completion counts, finish reason), or a stream.
         """
-        options = GenerationOptions(**options)
+        return self._generate(segments, stream, reuse_cache, result, GenerationOptions(**options))
+
+    def _generate(
+        self, segments: Sequence[Segment], stream: bool, reuse_cache: bool, result, options: GenerationOptions
+    ):
         pieces = self.generator.stream(self.resolve(segments, reuse_cache), options, result)
         return pieces if stream else pieces.consume()
 
@@ -369,7 +357,8 @@ class GritRAG:
         prompt = check_text(prompt, "prompt") if isinstance(prompt, str) else self.render_chat(prompt)
         if not prompt:
             raise ValueError("`prompt` is empty: there is nothing to continue.")
-        segments = self.split_prompt(prompt) if reuse_cache else [prompt]
+        template = self.model.config.document_template
+        segments = self.documents.split_prompt(prompt, None, template) if reuse_cache else [prompt]
         doc_ids = list(dict.fromkeys(s.doc_id for s in segments if isinstance(s, CachedSegment)))
         return self.generate_from_segments(segments, stream, result=GenerationResult(doc_ids=doc_ids), **options)
 
@@ -387,23 +376,22 @@ class GritRAG:
         with `stream=True` a `GenerationStream` whose `result` is complete at the end. `options` as for
         `generate_from_segments` (`max_new_tokens` defaults to 64 here)."""
         check_text(query, "query")
-        if mode not in RAG_MODES:
-            raise ValueError(f"Invalid `mode`: {mode!r}. Valid modes are: {RAG_MODES}.")
+        check_mode(mode)
+        check_positive_int(top_k, "top_k")
         options.setdefault("max_new_tokens", 64)
         options = GenerationOptions(**options)
         query_states, scores = None, []
         if mode == "none":
             doc_ids = []
         elif doc_ids is None:
-            embedding, kv, truncated = self._encode([query], self.query_instruction, mode in CACHED_QUERY_MODES)
+            embedding, parts = self.embedding_pass.run([query], self.query_instruction, mode in CACHED_QUERY_MODES)
             ranked = self.documents.rank(embedding[0], top_k)
             if not ranked:
                 raise ValueError("No documents are indexed: call `add_documents` first.")
             doc_ids, scores = [doc_id for doc_id, _ in ranked], [score for _, score in ranked]
-            if kv:
-                query_states = self._input_ids(query, self.query_instruction) if truncated[0] else kv[0]
+            query_states = parts[0] if parts else None
         else:
             doc_ids = self.documents.check_known(doc_ids)
-        segments = self.build_segments(query, mode, doc_ids, query_states)
+        segments = self._build_segments(query, mode, doc_ids, query_states)
         result = GenerationResult(doc_ids=list(doc_ids), scores=scores, mode=mode)
-        return self.generate_from_segments(segments, stream, result=result, **vars(options))
+        return self._generate(segments, stream, True, result, options)

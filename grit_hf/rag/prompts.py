@@ -14,6 +14,18 @@ message (with the generation prompt), `{user}` is the longest common ending of w
 second user message. For GritLM-7B's template that gives back the reference's markers exactly; for ChatML (the
 default SmolLM2 model) `{user}` is `"<|im_end|>\\n<|im_start|>user\\n"` (it also closes the cached part, which has
 no turn of its own) and `{assistant}` is `"<|im_end|>\\n<|im_start|>assistant\\n"`. Any field can be overridden.
+
+The modes of `GritRAG.answer` and their layouts:
+
+| mode | prompt | cached |
+|---|---|---|
+| `none` | the query in the chat template | - |
+| `rag_query_doc` | query part (query template + query) + `query_cached` suffix with the documents' text | - |
+| `rag_doc_query` | document part(s) (document template + text) + `doc_cached` suffix with the query | - |
+| `query` | as `rag_query_doc` | the query part (states of its embedding pass) |
+| `doc` | as `rag_doc_query` | the document part(s) (states stored by `add_documents`) |
+| `query_doc` | query part + document part(s) + `query_doc_cached` suffix | both |
+| `doc_query` | document part(s) + query part + `doc_query_cached` suffix | both |
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ __all__ = [
     "fill",
     "chat_markers",
     "split_on_texts",
+    "check_mode",
 ]
 
 RAGMode = Literal["none", "rag_query_doc", "rag_doc_query", "query", "doc", "query_doc", "doc_query"]
@@ -221,3 +234,9 @@ def split_on_texts(prompt: str, texts: dict[str, str], template: str = "") -> li
     if position < len(prompt):
         pieces.append(prompt[position:])
     return pieces
+
+
+def check_mode(mode: str) -> None:
+    """`ValueError` unless `mode` is one of `RAG_MODES`."""
+    if mode not in RAG_MODES:
+        raise ValueError(f"Invalid `mode`: {mode!r}. Valid modes are: {RAG_MODES}.")

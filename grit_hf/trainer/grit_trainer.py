@@ -33,6 +33,7 @@ logger = get_logger(__name__)
 
 __all__ = ["GRITTrainer"]
 
+
 def _unwrap_grit(model) -> GritLMPreTrainedModel | None:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base if isinstance(base, GritLMPreTrainedModel) else None

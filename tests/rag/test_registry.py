@@ -150,8 +150,20 @@ def test_embed_documents_indexes_once_and_generation_reuses(path):
     assert result.prompt_tokens == plain.prompt_tokens + template  # the spliced states stand for template + text
 
 
-def test_documents_longer_than_max_length_are_indexed_but_not_cached(path):
+def test_documents_longer_than_max_length_are_embedded_truncated_and_cached_in_full(path):
+    """Truncating a document's embedding is a retrieval choice: its states still cover all of it."""
     shared = get_shared(path, rag_kwargs={"max_length": 12, "cache_attention": "causal"})
+    vectors = embed_documents(shared, ["Paris.", DOCS[0]])
+    np.testing.assert_allclose(vectors[1], shared.model.encode(DOCS[0], max_length=12), atol=1e-5)
+    full = len(shared.embedding_pass.input_ids(DOCS[0], ""))
+    assert full > 12 and shared.store.get(document_id(DOCS[0])).num_tokens == full
+    kwargs = dict(doc_ids=[document_id(DOCS[0])], max_new_tokens=4, ignore_eos=True)
+    cached, plain = shared.answer("Q?", mode="doc", **kwargs), shared.answer("Q?", mode="rag_doc_query", **kwargs)
+    assert cached.cache_read_tokens == full and cached.token_ids == plain.token_ids  # causal, one document: exact
+
+
+def test_documents_longer_than_cache_max_length_are_indexed_but_not_cached(path):
+    shared = get_shared(path, rag_kwargs={"max_length": 12, "cache_max_length": 12, "cache_attention": "causal"})
     vectors = embed_documents(shared, ["Paris.", DOCS[0]])
     assert shared.doc_ids == [document_id("Paris."), document_id(DOCS[0])]
     assert document_id(DOCS[0]) not in shared.store  # truncated states cannot stand for the whole text

@@ -91,7 +91,11 @@ def test_get_embeddings_and_query_states_are_encodes(rag):
     np.testing.assert_allclose(stored.numpy(), rag.model.encode([DOCS[1], DOCS[0]]), atol=1e-6)
     states = rag.query_states(QUERY)
     _, (expected,) = rag.model.encode(
-        [QUERY], instruction=rag.query_instruction, return_states=True, is_causal=True, max_length=rag.max_length
+        [QUERY],
+        instruction=rag.query_instruction,
+        return_states=True,
+        is_causal=True,
+        max_length=rag.embedding_pass.max_length,
     )
     assert torch.equal(states.input_ids, expected.input_ids) and states.is_causal
     for (keys, values), (keys_ref, values_ref) in zip(states.layers(), expected.layers()):
