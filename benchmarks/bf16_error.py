@@ -24,12 +24,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from report import environment, write_report  # noqa: E402
+from report import environment, write_report
 
 __all__ = ["bf16_errors", "TEXTS", "INSTRUCTION", "main"]
 TEXTS = [

@@ -23,12 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from report import environment, write_report  # noqa: E402
+from report import environment, write_report
 
 SENTENCE = "The Seine flows through Paris before it reaches the English Channel at Le Havre. "
 

@@ -25,11 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from grit_finetune_smollm2 import evaluate, retrieval_data  # noqa: E402
-from report import data_folder, environment  # noqa: E402
-from train_default_model import fidelity  # noqa: E402
+from grit_finetune_smollm2 import evaluate, retrieval_data
+from report import data_folder, environment
+from train_default_model import fidelity
 
 __all__ = ["main"]
 

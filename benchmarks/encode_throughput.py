@@ -33,13 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from report import data_folder  # noqa: E402
-from transformers.utils import logging  # noqa: E402
+from report import data_folder
+from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 

@@ -23,13 +23,8 @@ import shlex
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from report import environment, write_report  # noqa: E402
+from report import environment, write_report
 
 __all__ = ["main"]
 

@@ -38,12 +38,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from report import data_folder, environment, peak_memory_mib, write_report  # noqa: E402
-from transformers.utils import logging  # noqa: E402
+from report import REPO, data_folder, environment, peak_memory_mib, write_report
+from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 

@@ -26,7 +26,6 @@ cache. Medians of `--runs` runs after one warm-up round.
 from __future__ import annotations
 
 import argparse
-import gc
 import shutil
 import statistics
 import sys
@@ -36,27 +35,13 @@ from functools import partial
 from pathlib import Path
 
 import torch
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from rag_latency import evict_from_page_cache, text_of_tokens, time_mode  # noqa: E402
-from report import data_folder, environment, write_report  # noqa: E402
+from rag_latency import text_of_tokens, time_mode
+from report import REPO, data_folder, environment, evict_from_page_cache, write_report
 
 DATA = data_folder() / "manpages" / "eval"
 
 
 # -- part 1: answers and bytes -------------------------------------------------------------------------------------
-def _teacher_forced_logits(rag, segments, answer_ids: list[int]) -> torch.Tensor:
-    """Logits `[n + 1, vocab]` predicting each answer token and the token after it, from `rag.store`'s states."""
-    from grit_hf.generation.compose import continuation_logits
-
-    with rag.lock, torch.inference_mode():
-        parts = rag.resolve(segments)
-        return continuation_logits(rag.model, parts, answer_ids, rag.generator.rotary_emb, rag.model.device)[0]
-
-
 def _greedy_agrees(logits: torch.Tensor, answer, eos_ids: set[int]) -> bool:
     """Whether greedy decoding from these logits reproduces `answer` (its tokens, then its end token if it ended)."""
     picked = logits.argmax(-1).tolist()
@@ -92,9 +77,9 @@ def fidelity(model, attention: str, examples, args) -> dict:
         rag.store = dense_store
         dense = rag.answer(example.question, mode="doc", doc_ids=[doc_id], max_new_tokens=args.new_tokens)
         segments = rag.build_segments(example.question, "doc", [doc_id])
-        reference = _teacher_forced_logits(rag, segments, dense.token_ids).float()
+        reference = rag.generator.continuation_logits(rag.resolve(segments), dense.token_ids)[0].float()
         rag.store = int8_store
-        logits = _teacher_forced_logits(rag, segments, dense.token_ids).float()
+        logits = rag.generator.continuation_logits(rag.resolve(segments), dense.token_ids)[0].float()
         keep = len(dense.token_ids) + (dense.finish_reason == "stop")
         reference, logits = reference[:keep], logits[:keep]
         identical = _greedy_agrees(logits, dense, eos_ids)
@@ -159,18 +144,12 @@ def _answer(rag, store, query, doc_id, mode, args) -> tuple[float, float]:
     return total, first
 
 
-def _evict(path: Path) -> None:
-    """Drop `path` from the page cache (after freeing earlier mappings of it; not timed)."""
-    gc.collect()
-    evict_from_page_cache(path)
-
-
 def _cold_answer(rag, path: Path, query, doc_id, args) -> tuple[float, float]:
     """The doc-cached answer with the states read from a cold disk by a new `DiskKVStore` (which verifies checksums
     on its first read, as a fresh process would); creating the store is timed too."""
     from grit_hf.cache import DiskKVStore
 
-    _evict(path)
+    evict_from_page_cache(path)
     started = time.perf_counter()
     store = DiskKVStore(path.parent, fingerprint=rag.fingerprint)
     opened = time.perf_counter() - started
@@ -182,7 +161,7 @@ def _open_cold(rag, path: Path, doc_id) -> tuple[float, float]:
     """Open the file (checksums verified) and read every state (int8: dequantized), from a cold page cache."""
     from grit_hf.cache import DiskKVStore
 
-    _evict(path)
+    evict_from_page_cache(path)
     started = time.perf_counter()
     loaded = DiskKVStore(path.parent, fingerprint=rag.fingerprint).get(doc_id)
     sum(float(k.sum()) + float(v.sum()) for k, v in loaded.layers())

@@ -21,7 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from report import REPO, tests_module
+
 TEXTS = [
     "The capital of France is Paris.",
     "Berlin is the capital of Germany; it has many museums and parks.",
@@ -78,15 +79,20 @@ print(json.dumps(result))
 
 
 def main() -> int:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from hub_cache import add_hub_entry, gritlm_7b_layout, hub_environment
+    hub_cache = tests_module("hub_cache")
+    add_hub_entry, gritlm_7b_layout, hub_environment = (
+        hub_cache.add_hub_entry,
+        hub_cache.gritlm_7b_layout,
+        hub_cache.hub_environment,
+    )
 
     work = Path(tempfile.mkdtemp(prefix="plain-loaders-"))
     env = {**os.environ, **hub_environment(work / "hf-home"), "GRIT_HF_HOME": str(work / "grit-home")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     os.environ.update(env)  # before huggingface_hub is imported: it reads HF_HUB_CACHE once
     import torch
-    from tiny import make_stock_checkpoint
+
+    make_stock_checkpoint = tests_module("tiny").make_stock_checkpoint
 
     torch.set_num_threads(1)
     mistral = make_stock_checkpoint(work / "stock-mistral", "mistral")

@@ -35,12 +35,9 @@ import time
 from pathlib import Path
 
 import torch
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from report import SENTENCES as REPORT_SENTENCES  # noqa: E402
+from models import load_benchmark_model
+from report import REPO, evict_from_page_cache
+from report import SENTENCES as REPORT_SENTENCES
 
 MODES = ["none", "rag_query_doc", "rag_doc_query", "query", "doc", "query_doc", "doc_query"]
 CACHING = ("query", "doc", "query_doc", "doc_query")
@@ -54,34 +51,6 @@ LABELS = {
     "doc_query": "Doc-Query caching",
 }
 SENTENCES = REPORT_SENTENCES[:5]  # filler text of the N-token segments
-
-
-def load_model(name: str, device: str):
-    from grit_hf import GritLMConfig, GritLMForCausalLM
-
-    if name == "default":
-        from grit_hf.folders.default_model import default_model_path
-
-        return GritLMForCausalLM.from_pretrained(default_model_path()).to(device).eval()
-    if name != "mistral-7b-random":
-        return GritLMForCausalLM.from_pretrained(name).to(device).eval()
-    if device != "cuda" or not torch.cuda.is_available():
-        raise SystemExit("--model mistral-7b-random needs --device cuda and a GPU.")
-    sys.path.insert(0, str(REPO / "tests"))
-    from test_gpu import _mistral_7b_config  # the 7B Mistral shape the GPU tests use
-    from tiny import make_tokenizer
-
-    config = _mistral_7b_config(sliding_window=None)
-    torch.manual_seed(0)
-    default_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device("cuda"):
-            model = GritLMForCausalLM(GritLMConfig(text_config=config))
-    finally:
-        torch.set_default_dtype(default_dtype)
-    model.tokenizer = make_tokenizer()
-    return model.eval()
 
 
 def text_of_tokens(tokenizer, count: int) -> str:
@@ -133,14 +102,6 @@ def fidelity(rag, query, doc_id, mode, query_states, new_tokens, cached_text) ->
     return {"token_f1": token_f1(cached_text, plain.text), "exact_match": exact_match(cached_text, plain.text)}
 
 
-def evict_from_page_cache(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(descriptor)
-
-
 def disk_timings(rag, doc_id, query, new_tokens, runs, device):
     """Time to open a doc's states from disk (warm/cold page cache) and the doc-cached answer read from disk."""
     from grit_hf.cache import DiskKVStore
@@ -155,7 +116,6 @@ def disk_timings(rag, doc_id, query, new_tokens, runs, device):
         states = disk.get(doc_id)
         warm.append(time.perf_counter() - start)
         del states  # unmapped, so the page cache can drop the file
-        gc.collect()
         evict_from_page_cache(path)
         start = time.perf_counter()
         states = disk.get(doc_id)
@@ -166,7 +126,6 @@ def disk_timings(rag, doc_id, query, new_tokens, runs, device):
     memory, rag.store = rag.store, disk
     try:
         for _ in range(runs):
-            gc.collect()
             evict_from_page_cache(path)
             answer_cold.append(time_mode(rag, query, doc_id, "doc", None, new_tokens, device)[0])
         size = path.stat().st_size
@@ -186,7 +145,7 @@ def run(args) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_model(args.model, args.device)
+    model = load_benchmark_model(args.model, args.device)
     rag = GritRAG(
         model,
         cache_attention=args.cache_attention,

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import datetime
+import gc
+import importlib
 import importlib.metadata
 import json
 import os
 import platform
+import sys
 from pathlib import Path
 
-__all__ = ["environment", "write_report", "data_folder"]
+__all__ = ["REPO", "environment", "write_report", "data_folder", "tests_module", "evict_from_page_cache"]
+
+REPO = Path(__file__).resolve().parent.parent
+"""The repository. Benchmarks run as scripts (`python benchmarks/NAME.py`), so this folder is on `sys.path` and they
+import each other by name; grit-hf itself is the installed package (`scripts/install.sh`)."""
 
 
 # Filler sentences of the synthetic documents and queries (rag_latency, serve_load).
@@ -66,4 +73,23 @@ def peak_memory_mib(cuda: bool) -> float:
 
 def data_folder() -> Path:
     """The offline data (manpages/, lmtext/): `$GRIT_HF_DATA`, else `../shared/data` beside the repository."""
-    return Path(os.environ.get("GRIT_HF_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+    return Path(os.environ.get("GRIT_HF_DATA") or REPO.parent / "shared" / "data")
+
+
+def tests_module(name: str):
+    """A helper module of the test suite (`tests/tiny.py`: tiny random checkpoints; `tests/test_gpu.py`: the 7B
+    shape of the GPU tests; `tests/hub_cache.py`), imported the one way every benchmark does."""
+    folder = str(REPO / "tests")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
+
+
+def evict_from_page_cache(path: Path) -> None:
+    """Drop a file from the operating system's page cache, so that the next read comes from the disk (not timed)."""
+    gc.collect()  # earlier memory maps of the file keep its pages
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(descriptor)

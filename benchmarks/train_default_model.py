@@ -30,12 +30,8 @@ import shutil
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from grit_finetune_smollm2 import evaluate, retrieval_data, timed_train  # noqa: E402
-from report import data_folder, environment, write_report  # noqa: E402
+from grit_finetune_smollm2 import evaluate, retrieval_data, timed_train
+from report import REPO, data_folder, environment, write_report
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "grit_config.json")
 

@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from benchmark_scripts import load_benchmark
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_encode_flops_by_hand(grit_checkpoint):
     from grit_hf import GritLMConfig
 
-    throughput = _load("encode_throughput")
+    throughput = load_benchmark("encode_throughput")
     config = GritLMConfig.from_pretrained(grit_checkpoint("llama"))  # hidden 64, 4 heads x 16, 2 kv heads, mlp 128
     per_layer = 2 * 64 * (64 + 2 * 32) + 2 * 64 * 64 + 2 * 3 * 64 * 128
     expected = 2 * per_layer * 10 + 4 * 64 * 2 * 10 * 10
@@ -33,7 +24,7 @@ def test_encode_flops_by_hand(grit_checkpoint):
 
 def test_encode_throughput_runs_on_a_tiny_model(grit_checkpoint, tmp_path, capsys, shared_data, monkeypatch):
     monkeypatch.setenv("GRIT_HF_DATA", str(shared_data))
-    throughput = _load("encode_throughput")
+    throughput = load_benchmark("encode_throughput")
     argv = ["--model", str(grit_checkpoint("llama")), "--n-docs", "6", "--n-queries", "6", "--rounds", "1"]
     assert throughput.main([*argv, "--max-length", "160", "--output", str(tmp_path / "tp")]) == 0
     result = json.loads((tmp_path / "tp.json").read_text())
@@ -45,13 +36,13 @@ def test_encode_throughput_runs_on_a_tiny_model(grit_checkpoint, tmp_path, capsy
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message printed without CUDA")
 def test_gpu_mode_skips_without_cuda(capsys):
-    throughput = _load("encode_throughput")
+    throughput = load_benchmark("encode_throughput")
     assert throughput.main(["--model", "mistral-7b-random", "--device", "cuda", "--dtype", "bfloat16"]) == 0
     assert "CUDA is not available" in capsys.readouterr().out
 
 
 def test_rag_latency_runs_on_a_tiny_model_and_reports_fidelity(grit_checkpoint, tmp_path):
-    latency = _load("rag_latency")
+    latency = load_benchmark("rag_latency")
     output = tmp_path / "latency"
     argv = ["--model", str(grit_checkpoint("llama")), "--lengths", "12", "--runs", "1", "--disk-runs", "1"]
     latency.main([*argv, "--new-tokens", "3", "--threads", "1", "--output", str(output)])
@@ -66,7 +57,7 @@ def test_rag_latency_runs_on_a_tiny_model_and_reports_fidelity(grit_checkpoint, 
 
 @pytest.mark.parametrize("script", ["decode_engine", "gradcache_memory"])
 def test_benchmark_scripts_run_in_a_tiny_configuration(script, grit_checkpoint, tmp_path):
-    module = _load(script)
+    module = load_benchmark(script)
     output = tmp_path / script
     if script == "decode_engine":
         argv = ["--model", str(grit_checkpoint("llama")), "--lengths", "20", "--runs", "1", "--new-tokens", "3"]
@@ -80,7 +71,7 @@ def test_benchmark_scripts_run_in_a_tiny_configuration(script, grit_checkpoint, 
 
 
 def test_kv_quantization_runs_on_a_tiny_model(grit_checkpoint, shared_data, tmp_path):
-    quantization = _load("kv_quantization")
+    quantization = load_benchmark("kv_quantization")
     output = tmp_path / "kvq"
     argv = ["--model", str(grit_checkpoint("llama")), "--data", str(shared_data / "manpages" / "eval"), "--first", "0"]
     argv += ["--questions", "2", "--bidirectional-questions", "1", "--new-tokens", "3", "--verify", "1"]

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_benchmark
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,8 +40,7 @@ def test_retrieval_benchmark_runs_on_a_tiny_set(tmp_path, default_model_dir):
         "".join(json.dumps({"id": f"q{i}", "text": t}) + "\n" for i, t in enumerate(queries))
     )
     (folder / "qrels.tsv").write_text("".join(f"q{i}\td{i}\t1\n" for i in range(3)))
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import retrieval_eval
+    retrieval_eval = load_benchmark("retrieval_eval")
 
     output = tmp_path / "retrieval"
     argv = ["--data", str(folder), "--configs", "bm25", "minilm", "grit-bidirectional", "--output", str(output)]
@@ -55,8 +55,8 @@ def test_bf16_error_benchmark_compares_with_the_reference(stock_checkpoint):
     """The comparison behind tests/test_gpu.py's bf16 check, on CPU and the tiny model: grit-hf's fp32 embeddings
     are the reference's, and its bf16 error is the reference's within the margin the GPU test allows."""
     pytest.importorskip("gritlm")
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from bf16_error import bf16_errors, error_ratio
+    bf16_error = load_benchmark("bf16_error")
+    bf16_errors, error_ratio = bf16_error.bf16_errors, bf16_error.error_ratio
 
     errors = bf16_errors(stock_checkpoint("mistral"), "eager")
     assert max(abs(e) for e in errors["grit_hf_fp32"]) <= 1e-6

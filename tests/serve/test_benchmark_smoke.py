@@ -3,19 +3,16 @@ concurrent clients on every flow (embeddings, chat, RAG with and without cached 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
+
+from benchmark_scripts import load_benchmark
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_serve_load_smoke_run(tmp_path):
-    spec = importlib.util.spec_from_file_location("serve_load", REPO / "benchmarks" / "serve_load.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["serve_load"] = module
-    spec.loader.exec_module(module)
+    module = load_benchmark("serve_load")
     assert module.main(["--smoke", "--concurrency", "1", "2", "--output", str(tmp_path / "smoke")]) == 0
     report = json.loads((tmp_path / "smoke.json").read_text())
     rows = {(row["flow"], row["concurrency"]): row for row in report["results"]}
