@@ -35,10 +35,15 @@ class UsesSharedGrit(BaseModel):
     process-wide `GritRAG` of their `model`, declared once.
 
     Attributes:
-        model: a checkpoint folder, a Hub name, `"default"` or a loaded `GritLMForCausalLM` (checked when set).
-        cache_attention: attention of the cached states (`None`: the shared instance's setting).
-        rag_kwargs: more `GritRAG` settings for the shared instance (e.g. `{"store": DiskKVStore("kv/")}`); like
-            `cache_attention`, they must agree with an instance that exists already.
+        model: a checkpoint folder, a Hub name such as `"GritLM/GritLM-7B"` (read from the local HF cache when
+            offline), `"default"` (the offline SmolLM2-135M GRIT model) or a loaded `GritLMForCausalLM` (checked when
+            set). The same checkpoint (a Hub name and its snapshot folder alike) or object shares one model and one
+            key/value store in the process.
+        cache_attention: attention of the cached states, `"bidirectional"` (the embedding pass's own states, as in
+            the paper) or `"causal"` (an extra causal pass; exact continuation). `None`: the shared instance's
+            setting (the checkpoint's `cache_attention` when this object creates it).
+        rag_kwargs: more `GritRAG` settings for the shared instance, e.g. `{"store": DiskKVStore("kv/")}` or
+            `{"max_length": 1024}`; like `cache_attention`, they must agree with an instance that exists already.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())

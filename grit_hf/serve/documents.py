@@ -22,10 +22,10 @@ from ..rag.documents import MIN_CACHED_CHARS, document_id
 from ..rag.gritrag import GritRAG
 from .errors import APIError
 
-__all__ = ["DocumentIndex"]
+__all__ = ["ServerDocuments"]
 
 
-class DocumentIndex:
+class ServerDocuments:
     """Bookkeeping of the documents of one server.
 
     Args:

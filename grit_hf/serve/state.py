@@ -14,7 +14,7 @@ from fastapi import Request
 
 from ..rag.gritrag import GritRAG
 from .batching import EmbeddingBatcher
-from .documents import DocumentIndex
+from .documents import ServerDocuments
 from .errors import APIError
 from .limits import GenerationSlots, Limits
 from .metrics import Metrics
@@ -48,7 +48,7 @@ class ServerState:
     def __init__(self, rag: GritRAG, settings: ServerSettings, limits: Limits):
         self.rag, self.settings, self.limits = rag, settings, limits
         self.metrics = Metrics()
-        self.documents = DocumentIndex(rag, limits.max_documents)
+        self.documents = ServerDocuments(rag, limits.max_documents)
         self.slots = GenerationSlots(limits.max_concurrent_generations)
         self.executor = ThreadPoolExecutor(limits.max_concurrent_generations, thread_name_prefix="grit-hf-generate")
         self.batcher = EmbeddingBatcher(

@@ -19,17 +19,10 @@ class GritLMEmbeddings(UsesSharedGrit, Embeddings):
     Queries are embedded with `query_instruction` (the checkpoint's `default_query_instruction` when unset).
 
     Args:
-        model: a checkpoint folder, a Hub name such as `"GritLM/GritLM-7B"` (read from the local HF cache when
-            offline), `"default"` (the offline SmolLM2-135M GRIT model) or a loaded `GritLMForCausalLM`. The same
-            checkpoint (a Hub name and its snapshot folder alike) or object shares one model and one key/value store
-            in the process.
+        model, cache_attention, rag_kwargs: the shared model and its key/value store (`UsesSharedGrit`): a
+            checkpoint folder, a Hub name such as `"GritLM/GritLM-7B"`, `"default"` or a loaded `GritLMForCausalLM`.
         query_instruction: instruction for queries; `None` uses the checkpoint's default.
         cache_documents: keep the key/value states of embedded documents for generation.
-        cache_attention: attention of the cached states, `"bidirectional"` (the embedding pass's own states, as in
-            the paper) or `"causal"` (an extra causal pass; exact continuation). `None`: the shared instance's
-            setting (bidirectional when this object creates it).
-        rag_kwargs: more `GritRAG` settings for the shared instance, e.g. `{"store": DiskKVStore("kv/")}` or
-            `{"max_length": 1024}`; like `cache_attention`, they must agree with an instance that exists already.
 
     Example:
 
@@ -45,6 +38,7 @@ class GritLMEmbeddings(UsesSharedGrit, Embeddings):
 
     query_instruction: str | None = None
     cache_documents: bool = True
+
     @property
     def model_name(self) -> str:
         """A readable name of the model (the checkpoint folder's name)."""

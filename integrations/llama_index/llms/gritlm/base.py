@@ -52,10 +52,8 @@ class GritLM(UsesSharedGrit, CustomLLM):
     `completion_tokens` and `finish_reason`). Decoding is greedy unless `temperature > 0`.
 
     Args:
-        model: a checkpoint folder, a Hub name such as `"GritLM/GritLM-7B"` (read from the local HF cache when
-            offline), `"default"` (the offline SmolLM2-135M GRIT model) or a loaded `GritLMForCausalLM`. The same
-            checkpoint (a Hub name and its snapshot folder alike) or object shares one model and one key/value store
-            in the process.
+        model, cache_attention, rag_kwargs: the shared model and its key/value store (`UsesSharedGrit`): a
+            checkpoint folder, a Hub name such as `"GritLM/GritLM-7B"`, `"default"` or a loaded `GritLMForCausalLM`.
         max_new_tokens: maximum number of new tokens.
         temperature: sampling temperature; `None` or `0` decodes greedily.
         stop: stop sequences (the answer is cut before the first one).
