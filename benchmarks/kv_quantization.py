@@ -339,6 +339,7 @@ def markdown(report: dict) -> str:
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="default", help="a checkpoint (default: the default model)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "auto"], help="weights dtype")
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--first", type=int, default=100, help="first question (0..99 chose the format)")
     parser.add_argument("--questions", type=int, default=60)
@@ -362,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     from grit_hf.records.rag_examples import read_rag_examples
 
     started = time.perf_counter()
-    model = load_model(args.model, device="cpu")
+    model = load_model(args.model, device="cpu", dtype=args.dtype)
     report = {
         "command": "python " + " ".join([sys.argv[0].replace(str(REPO) + "/", ""), *sys.argv[1:]]),
         "environment": environment("transformers", "safetensors"),

@@ -145,7 +145,7 @@ def run(args) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_benchmark_model(args.model, args.device)
+    model = load_benchmark_model(args.model, args.device, args.dtype)
     rag = GritRAG(
         model,
         cache_attention=args.cache_attention,
@@ -346,6 +346,7 @@ def plot(args, results: dict, path: Path) -> None:
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="default", help="'default', 'mistral-7b-random' (CUDA) or a checkpoint")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "auto"], help="weights dtype")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--lengths", type=int, nargs="+", default=[250, 1000, 2000, 4000])
     parser.add_argument("--runs", type=int, default=5)

@@ -34,13 +34,15 @@ def run_demo(
     question: str | None = None,
     cache_attention: str | None = None,
     show_progress_bar: bool = True,
+    dtype: str = "auto",
 ) -> int:
     """Embed the bundled documents, retrieve the best one for `question` and answer it twice: re-reading the document
     text (plain RAG) and reusing its cached key/value states (doc caching). Prints each step and its time.
 
     `cache_attention=None` follows the checkpoint (`config.cache_attention`): a checkpoint trained with the cache loss
     answers from the embedding pass's own states (bidirectional: one pass per document); any other caches causal
-    states (exact, one extra pass while indexing).
+    states (exact, one extra pass while indexing). `dtype` as `grit_hf.load_model` takes it (`"auto"`: bfloat16 on a
+    CPU with native bf16).
     """
     from .checkpoint.loading import load_model
     from .folders.resolve import resolve_checkpoint
@@ -52,9 +54,10 @@ def run_demo(
     started = time.perf_counter()
     path = resolve_checkpoint(model)
     started = _step(f"model checkpoint ready at {path}", started)
-    grit = load_model(path, device="cpu", dtype="float32")
+    grit = load_model(path, device="cpu", dtype=dtype)
     started = _step(
-        f"loaded {grit.config.text_config.model_type} model ({grit.num_parameters() / 1e6:.0f}M params)", started
+        f"loaded {grit.config.text_config.model_type} model ({grit.num_parameters() / 1e6:.0f}M params, {grit.dtype})",
+        started,
     )
 
     documents = load_demo_documents()
@@ -63,10 +66,12 @@ def run_demo(
     rag.add_documents(
         [d["text"] for d in documents], ids=[d["id"] for d in documents], show_progress_bar=show_progress_bar
     )
+    if cache_attention == "bidirectional":
+        cached_how = "kept the key/value states of that same pass (no second pass over the documents)"
+    else:
+        cached_how = "cached causal key/value states (a second, causal pass over each document)"
     started = _step(
-        f"embedded {len(documents)} documents (bidirectional attention, mean pooling) and cached their "
-        f"{cache_attention} key/value states",
-        started,
+        f"embedded {len(documents)} documents (bidirectional attention, mean pooling) and {cached_how}", started
     )
 
     hits = rag.search(question, top_k=3)
@@ -75,8 +80,11 @@ def run_demo(
     plain = rag.answer(question, mode="rag_doc_query", top_k=1, max_new_tokens=48)
     started = _step(f"answered with plain RAG (document text re-read): {plain.text!r}", started)
     cached = rag.answer(question, mode="doc", top_k=1, max_new_tokens=48)
+    source = "the embedding pass's own states" if cache_attention == "bidirectional" else "causal cached states"
     started = _step(
-        f"answered with doc caching ({cached.cache_read_tokens} cached tokens reused): {cached.text!r}", started
+        f"answered with doc caching from {source} ({cached.cache_read_tokens} cached tokens reused, the document "
+        f"not re-read): {cached.text!r}",
+        started,
     )
     print(f"done in {time.perf_counter() - total:.1f}s")
     return 0

@@ -100,7 +100,7 @@ class GritMTEBEncoder(AbsEncoder):
         *,
         device: str | None = None,
         model_path: str | os.PathLike | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: str | torch.dtype = "auto",
         batch_size: int = 32,
         max_length: int = 512,
         is_causal: bool | None = None,

@@ -26,7 +26,7 @@ def test_each_command_has_help(command, capsys):
     assert "usage: grit-hf " + command in capsys.readouterr().out
 
 
-def test_embed_to_npy_and_jsonl(grit_checkpoint, tmp_path):
+def test_embed_to_npy_and_jsonl(fp32_by_default, grit_checkpoint, tmp_path):
     texts = ["first text", "second, longer text about Paris", "third"]
     source = tmp_path / "texts.txt"
     source.write_text("\n".join(texts) + "\n")
@@ -93,7 +93,7 @@ def test_chat_rejects_bad_max_new_tokens(grit_checkpoint):
         chat(model, "hi", max_new_tokens=0)
 
 
-def test_embed_reads_jsonl_input_and_names_a_bad_line(grit_checkpoint, tmp_path):
+def test_embed_reads_jsonl_input_and_names_a_bad_line(fp32_by_default, grit_checkpoint, tmp_path):
     texts = ["first text", 'with "quotes"\nand a newline', "third"]
     source = tmp_path / "texts.jsonl"
     source.write_text("".join(json.dumps({"text": text, "id": i}) + "\n" for i, text in enumerate(texts)) + "\n")

@@ -154,7 +154,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-k", type=int, default=100)
     parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="weights dtype (default auto: bfloat16 on a CPU with native bf16, else float32; the checkpoint's on GPUs)",
+    )
     parser.add_argument("--output", default=None, help="also write the JSON result to this file")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=_cmd_eval_retrieval)

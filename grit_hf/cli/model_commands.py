@@ -9,14 +9,19 @@ import sys
 __all__ = ["add_parsers", "add_model_arguments"]
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, dtype: str = "float32") -> None:
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """`--model`, `--revision`, `--device`, `--dtype`, shared by every command that loads a model."""
     parser.add_argument(
         "--model", default="default", help="GRIT or stock checkpoint: a folder, a Hub name, or 'default'"
     )
     parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", default=dtype, choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="weights dtype (default auto: bfloat16 on a CPU with native bf16, else float32; the checkpoint's on GPUs)",
+    )
 
 
 def load_model_from_args(args: argparse.Namespace):
@@ -99,6 +104,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         question=args.question,
         cache_attention=args.cache_attention,
         show_progress_bar=not args.no_progress,
+        dtype=args.dtype,
     )
 
 
@@ -149,5 +155,6 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         help="states to cache (default: the checkpoint's: bidirectional if it was trained for cached generation)",
     )
     demo.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    demo.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="weights dtype")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     demo.set_defaults(func=_cmd_demo)

@@ -82,7 +82,7 @@ class GritRetriever:
         max_length: int = 512,
         is_causal: bool | None = None,
         device: str | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: str | torch.dtype = "auto",
         show_progress_bar: bool | None = None,
     ) -> None:
         if isinstance(model, (str, os.PathLike)):

@@ -179,7 +179,7 @@ def test_model_classes_take_hub_names(hub, repo, model_class):
         assert _max_diff(model.encode(TEXTS, instruction=INSTRUCTION), hub["queries"]) <= 1e-5
 
 
-def test_load_model_and_revisions(hub):
+def test_load_model_and_revisions(fp32_by_default, hub):
     model = grit_hf.load_model(GRITLM, device="cpu", dtype="float32")
     assert isinstance(model, GritLMForCausalLM)
     assert_close(_logits(model), _stock_logits(hub["stock"][GRITLM], MistralForCausalLM)[1], rtol=0, atol=0)
@@ -191,7 +191,7 @@ def test_load_model_and_revisions(hub):
     assert _max_diff(by_commit.encode(TEXTS), hub["documents_v2"]) <= 1e-5
 
 
-def test_cli_convert_and_embed_take_hub_names(hub, tmp_path):
+def test_cli_convert_and_embed_take_hub_names(fp32_by_default, hub, tmp_path):
     out = tmp_path / "converted"
     assert cli_main(["convert", GRITLM, str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
@@ -210,7 +210,7 @@ def test_cli_convert_and_embed_take_hub_names(hub, tmp_path):
     assert _max_diff(np.load(query_npy), hub["queries"]) <= 1e-5
 
 
-def test_shared_registry_and_integrations_take_hub_names(hub):
+def test_shared_registry_and_integrations_take_hub_names(fp32_by_default, hub):
     from langchain_gritlm import ChatGritLM, GritLMEmbeddings
     from llama_index.embeddings.gritlm import GritLMEmbedding
     from llama_index.llms.gritlm import GritLM
