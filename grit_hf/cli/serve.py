@@ -59,6 +59,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         action="store_false",
         help="do not index documents embedded through /v1/embeddings unless a request asks ('cache': true)",
     )
+    store.add_argument(
+        "--no-batch-decoding",
+        dest="batch_decoding",
+        action="store_false",
+        help="decode each chat on its own (default: the decode steps of concurrent chats run as one forward pass; "
+        "off with --decode-cache static)",
+    )
     batching = parser.add_argument_group("embedding batcher")
     batching.add_argument("--batch-size", type=int, default=64, help="texts per model call (at most)")
     batching.add_argument("--batch-wait-ms", type=float, default=2.0, help="wait for more requests (ms)")
@@ -109,7 +116,8 @@ def build_app(args: argparse.Namespace, model=None):
     else:
         store = MemoryKVStore(max_bytes=args.cache_bytes)
     rag_kwargs = dict(store=store, max_length=limits.max_input_tokens + 512, cache_attention=args.cache_attention)
-    rag_kwargs.update(decode_cache=args.decode_cache, compile=args.compile or None)
+    batch_decoding = args.batch_decoding and args.decode_cache != "static"
+    rag_kwargs.update(decode_cache=args.decode_cache, compile=args.compile or None, batch_decoding=batch_decoding)
     source = model if model is not None else args.model
     load_kwargs = None if model is not None else dict(device=args.device, dtype=args.dtype, revision=args.revision)
     rag = get_shared(source, load_kwargs=load_kwargs, rag_kwargs=rag_kwargs)

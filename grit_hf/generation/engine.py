@@ -29,6 +29,7 @@ from transformers.utils import logging
 from ..cache.buffers import DECODE_CACHES, DecodeCache, new_cache, static_cache_size
 from ..cache.positions import find_rotary_embedding
 from ..validation import check_non_negative_number, check_positive_int, check_probability, check_seed
+from .batched import DecodeBatch
 from .compose import close_with_text, compose, continuation_logits
 from .segments import Part, special_prefix
 
@@ -166,13 +167,21 @@ class Generator:
         decode_cache: `"preallocated"` (default; appends without copying), `"dynamic"` (transformers'
             `DynamicCache`) or `"static"` (`StaticCache`, fixed shapes).
         compile: with `decode_cache="static"` on CUDA, decode with a `torch.compile`d forward.
+        batch_decoding: decode concurrent streams together, one forward pass a step (`grit_hf.generation.batched`;
+            for servers: one stream alone decodes as fast either way).
     """
 
-    def __init__(self, model, decode_cache: DecodeCache = "preallocated", compile: bool = False):
+    def __init__(
+        self, model, decode_cache: DecodeCache = "preallocated", compile: bool = False, batch_decoding: bool = False
+    ):
         if decode_cache not in DECODE_CACHES:
             raise ValueError(f"Invalid `decode_cache`: {decode_cache!r}. Valid choices are: {DECODE_CACHES}.")
         if compile and decode_cache != "static":
             raise ValueError("`compile=True` needs `decode_cache='static'`.")
+        if not isinstance(batch_decoding, bool):
+            raise TypeError(f"`batch_decoding` must be a bool, got {type(batch_decoding).__name__}.")
+        if batch_decoding and decode_cache == "static":
+            raise ValueError("`batch_decoding=True` stacks the streams' caches: use `decode_cache` 'preallocated'.")
         self.model = model
         self.tokenizer = model.tokenizer
         self.decode_cache, self.compile = decode_cache, compile
@@ -185,6 +194,7 @@ class Generator:
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
         if self.tokenizer.eos_token_id is not None:
             self.eos_ids.add(self.tokenizer.eos_token_id)
+        self.batch = DecodeBatch(model, self.eos_ids, _pick) if batch_decoding else None
 
     @property
     def rotary_emb(self):
@@ -249,7 +259,11 @@ class Generator:
                 self._release_cache(cache)
                 raise
         result.prompt_tokens, result.cache_read_tokens = composition.position, composition.cache_read
-        tokens = self._tokens(composition.cache, composition.logits[0, -1], composition.position, options, result)
+        if self.batch is not None:  # decoded with the other streams, one forward pass a step
+            last = composition.logits[0, -1]
+            tokens = self.batch.submit(composition.cache, last, composition.position, options, result)
+        else:
+            tokens = self._tokens(composition.cache, composition.logits[0, -1], composition.position, options, result)
         return GenerationStream(self._text(tokens, options.stop, result), result)
 
     @torch.inference_mode()

@@ -69,7 +69,8 @@ class GritRAG:
         cache_max_length: most tokens of a document or query whose states are cached (default: the model's
             positions). A longer document is re-read as text where it is used.
         batch_size: texts per embedding forward pass.
-        decode_cache, compile: the decode cache of the generation engine (`grit_hf.generation.engine.Generator`).
+        decode_cache, compile, batch_decoding: the generation engine's settings (`grit_hf.generation.Generator`;
+            `batch_decoding` runs the decode steps of concurrent streams as one forward pass).
         verify_positions: check once that re-rotating keys matches the model (`verify_rerotation`).
         weights_hash: how the fingerprint covers the weights (`compute_fingerprint`): `"full"` (every byte) or
             `"sample"`. Default: `"full"` for a `DiskKVStore` (entries outlive the process; the model may change in
@@ -98,6 +99,7 @@ class GritRAG:
         batch_size: int = 8,
         decode_cache: DecodeCache = "preallocated",
         compile: bool = False,
+        batch_decoding: bool = False,
         verify_positions: bool = True,
         weights_hash: Literal["full", "sample"] | None = None,
     ):
@@ -117,7 +119,7 @@ class GritRAG:
         check_positive_int(batch_size, "batch_size")
         self.model = model.eval()
         self.tokenizer = model.tokenizer
-        self.generator = Generator(model, decode_cache=decode_cache, compile=compile)
+        self.generator = Generator(model, decode_cache, compile, batch_decoding)
         self.cache_attention = cache_attention
         self.causal_cache = cache_attention == "causal"
         cache_max_length = cache_max_length or model.max_positions or max_length
