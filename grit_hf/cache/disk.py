@@ -8,8 +8,14 @@ read, so a FIFO or device under an entry's name cannot block a read; listing ski
 
 Formats: `grit_hf.kv/2` holds dense states (as computed); `grit_hf.kv/3` holds int8 states (`quantize="int8"`,
 `grit_hf.cache.quantization`: int8 data, scales, offsets and the dense outlier rows with their positions) and the metadata
-`storage: "int8"`; `grit_hf.kv/1` (dense, without checksums) is still read. Every store reads every format, whatever
-it writes.
+`storage: "int8"`. Every store reads both, whatever it writes. `grit_hf.kv/1` (dense, without checksums) is read
+only when asked for (`read_unverified=True`), or after `upgrade()` (`grit-hf cache upgrade DIR`) has rewritten its
+entries with checksums: otherwise rewriting an entry's format to version 1 would switch its checksums off.
+
+Threat model: the checksums catch damage (a torn write, flipped bits on disk), not an attacker. Whoever can write the
+directory can write a consistent entry with its own states (and checksums), which the model then attends to: keep the
+directory writable only by the user running grit-hf, as for the model's own weights. Nothing in an entry is ever
+executed (safetensors, no pickle), and a file cannot make the store read outside its directory.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import json
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -30,7 +37,7 @@ from .entries import CacheEntryError, check_states, checksum
 from .fingerprint import Fingerprint, FingerprintMismatchError
 from .quantization import Quantization, QuantizedKVStates, QuantizedTensor, parse_dtype
 from .states import KVStates, cache_from_layers
-from .store import KVStore, MemoryKVStore
+from .store import KVStore, MemoryKVStore, check_doc_id, valid_doc_id
 
 logger = logging.get_logger(__name__)
 
@@ -38,7 +45,8 @@ __all__ = ["DiskKVStore", "FORMAT_VERSION", "INT8_FORMAT_VERSION"]
 
 FORMAT_VERSION = "grit_hf.kv/2"  # dense states
 INT8_FORMAT_VERSION = "grit_hf.kv/3"  # int8 states with their scales, offsets and dense rows
-READABLE_FORMATS = ("grit_hf.kv/1", FORMAT_VERSION, INT8_FORMAT_VERSION)  # version 1 has no checksums
+UNVERIFIED_FORMAT = "grit_hf.kv/1"  # dense states without checksums: read only with `read_unverified=True`
+READABLE_FORMATS = (UNVERIFIED_FORMAT, FORMAT_VERSION, INT8_FORMAT_VERSION)
 # an int8 entry's tensors per layer and kind (keys, values), in `QuantizedTensor.tensors()` order:
 # `layers.{i}.keys_dense`, `layers.{i}.keys` (the int8 data), `layers.{i}.keys_scale`, `layers.{i}.keys_offset`,
 # `layers.{i}.keys_positions` (of the dense rows)
@@ -63,6 +71,8 @@ class DiskKVStore(KVStore):
         verify: check every file's checksums the first time this process reads it (one pass over its bytes).
         quantize: `"int8"` writes new entries in 8 bits (half the bytes of bf16 per token; see
             `grit_hf.cache.quantization`); `None` writes states as computed. Both formats are read either way.
+        read_unverified: also read entries of the old format `grit_hf.kv/1`, which has no checksums (prefer
+            `upgrade()` once, on a directory you trust).
     """
 
     def __init__(
@@ -73,6 +83,7 @@ class DiskKVStore(KVStore):
         device: str | torch.device = "cpu",
         verify: bool = True,
         quantize: Quantization | None = None,
+        read_unverified: bool = False,
     ):
         super().__init__(fingerprint, quantize)
         if not isinstance(directory, (str, os.PathLike)):
@@ -83,6 +94,7 @@ class DiskKVStore(KVStore):
         self.directory.mkdir(parents=True, exist_ok=True)
         self.device = torch.device(device)
         self.verify = verify
+        self.read_unverified = read_unverified
         self._memory = MemoryKVStore(max_bytes=memory_bytes, fingerprint=fingerprint) if memory_bytes else None
         self._verified: dict[Path, tuple[int, int, int]] = {}
 
@@ -93,6 +105,7 @@ class DiskKVStore(KVStore):
 
     def path_for(self, doc_id: str) -> Path:
         """The file of `doc_id` (whether or not it exists)."""
+        check_doc_id(doc_id)
         return self.directory / f"{hashlib.sha256(doc_id.encode()).hexdigest()[:40]}.safetensors"
 
     # -- writing -----------------------------------------------------------------------------------------------------
@@ -121,6 +134,12 @@ class DiskKVStore(KVStore):
         }
         if version == INT8_FORMAT_VERSION:
             metadata["storage"] = states.storage
+        self._write(doc_id, tensors, metadata)
+        if self._memory is not None:
+            self._memory.put(doc_id, states)
+
+    def _write(self, doc_id: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+        """Write an entry's file: to a temporary file, fsynced, then moved over the entry atomically."""
         target = self.path_for(doc_id)
         handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=self.directory)
         os.close(handle)
@@ -134,8 +153,6 @@ class DiskKVStore(KVStore):
             with self._lock:
                 os.replace(temporary, target)
                 self._verified.pop(target, None)
-                if self._memory is not None:
-                    self._memory.put(doc_id, states)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
@@ -160,6 +177,12 @@ class DiskKVStore(KVStore):
         ]
         if missing or metadata["format"] not in READABLE_FORMATS:
             raise CacheEntryError(f"{path} is not a grit_hf KV entry (metadata {metadata!r:.200}).")
+        if metadata["format"] == UNVERIFIED_FORMAT and not self.read_unverified:
+            raise CacheEntryError(
+                f"{path} has the old format {UNVERIFIED_FORMAT}, which carries no checksums: read it with "
+                f"DiskKVStore(..., read_unverified=True), or rewrite the directory once with `grit-hf cache upgrade "
+                f"{self.directory}` if you trust it."
+            )
         return metadata
 
     def get(self, doc_id: str) -> KVStates | None:
@@ -202,7 +225,7 @@ class DiskKVStore(KVStore):
             raise
         except Exception as error:  # SafetensorError, JSON errors, missing tensors: a damaged file
             raise CacheEntryError(f"{where} is damaged or malformed: {error}") from error
-        if metadata["format"] != READABLE_FORMATS[0] and self.verify:
+        if metadata["format"] != UNVERIFIED_FORMAT and self.verify:
             self._verify_checksums(path, info, where, metadata, tensors)
         is_causal = metadata["is_causal"] == "true"
         if int8:
@@ -245,6 +268,7 @@ class DiskKVStore(KVStore):
         self._verified[path] = identity
 
     def delete(self, doc_id: str) -> bool:
+        check_doc_id(doc_id)
         with self._lock:
             if self._memory is not None:
                 self._memory.delete(doc_id)
@@ -256,9 +280,9 @@ class DiskKVStore(KVStore):
             except FileNotFoundError:
                 return False
 
-    def keys(self) -> list[str]:
-        """The ids of the readable entries; a damaged or foreign file is skipped with a warning."""
-        ids = []
+    def _entries(self) -> Iterator[tuple[Path, dict[str, str]]]:
+        """`(path, metadata)` of every entry whose metadata is readable and names the document its file is named
+        after; a damaged, foreign or misplaced file is skipped with a warning."""
         for path in sorted(self.directory.glob("*.safetensors")):
             if path.name.startswith(".tmp-"):
                 continue
@@ -266,13 +290,37 @@ class DiskKVStore(KVStore):
                 if self._regular_file(path) is None:
                     continue
                 with safe_open(str(path), framework="pt") as handle:
-                    ids.append(self._metadata(path, handle)["doc_id"])
+                    metadata = self._metadata(path, handle)
+                if not valid_doc_id(metadata["doc_id"]) or self.path_for(metadata["doc_id"]) != path:
+                    raise CacheEntryError(
+                        f"it names the document {metadata['doc_id']!r:.80}, whose entry is another file"
+                    )
+                yield path, metadata
             except Exception as error:  # one bad file must not hide the others
                 logger.warning(f"Skipping {path.name} in the KV store {self.directory}: {error}")
-        return ids
+
+    def keys(self) -> list[str]:
+        """The ids of the readable entries; a damaged, foreign or misplaced file is skipped with a warning."""
+        return [metadata["doc_id"] for _, metadata in self._entries()]
+
+    def upgrade(self) -> int:
+        """Rewrite every entry of the old format `grit_hf.kv/1` (no checksums) in the current one, with checksums of
+        its tensors as they are now; returns how many were rewritten. Run it once on a directory you trust."""
+        reader = DiskKVStore(self.directory, device="cpu", verify=False, read_unverified=True)
+        upgraded = 0
+        for path, metadata in list(reader._entries()):
+            if metadata["format"] != UNVERIFIED_FORMAT:
+                continue
+            with safe_open(str(path), framework="pt") as handle:
+                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            metadata = {**metadata, "format": FORMAT_VERSION}
+            metadata["checksums"] = json.dumps({n: checksum(t) for n, t in tensors.items()}, sort_keys=True)
+            self._write(metadata["doc_id"], tensors, metadata)
+            upgraded += 1
+        return upgraded
 
     def __contains__(self, doc_id: object) -> bool:
-        if not isinstance(doc_id, str):
+        if not valid_doc_id(doc_id):
             return False
         try:
             return self._regular_file(self.path_for(doc_id)) is not None

@@ -19,6 +19,7 @@ from dataclasses import replace
 
 from transformers.utils import logging
 
+from ..validation import check_text
 from .entries import check_states
 from .fingerprint import Fingerprint, FingerprintMismatchError
 from .quantization import Quantization, check_quantize, quantize_states
@@ -26,14 +27,31 @@ from .states import KVStates
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["KVStore", "MemoryKVStore"]
+__all__ = ["KVStore", "MemoryKVStore", "check_doc_id"]
+
+
+def check_doc_id(doc_id: object) -> str:
+    """`doc_id` if it can key an entry in every store: a non-empty str of valid Unicode (a disk entry records it in
+    UTF-8 metadata and names its file after it). `TypeError`/`ValueError` naming `doc_id` otherwise, in every store
+    alike."""
+    if not isinstance(doc_id, str) or not doc_id:
+        raise TypeError(f"`doc_id` must be a non-empty str, got {doc_id!r:.80}.")
+    return check_text(doc_id, "doc_id")
+
+
+def valid_doc_id(doc_id: object) -> bool:
+    """Whether `check_doc_id` accepts `doc_id` (what `in` asks: an id no store can hold is in none)."""
+    try:
+        check_doc_id(doc_id)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _check_states(doc_id: str, states: KVStates, fingerprint: Fingerprint | None) -> Fingerprint:
     """The store's fingerprint, after checking that `states` may be stored under it (`CacheEntryError` if they do
     not fit the model, e.g. wrong shapes or NaNs)."""
-    if not isinstance(doc_id, str) or not doc_id:
-        raise TypeError(f"`doc_id` must be a non-empty str, got {doc_id!r}.")
+    check_doc_id(doc_id)
     if not isinstance(states, KVStates):
         raise TypeError(f"`states` must be a KVStates, got {type(states).__name__}.")
     if fingerprint is None:
@@ -165,6 +183,7 @@ class MemoryKVStore(KVStore):
                 logger.debug(f"Evicted the states of {evicted!r} ({evicted_size} bytes).")
 
     def get(self, doc_id: str) -> KVStates | None:
+        check_doc_id(doc_id)
         with self._lock:
             entry = self._entries.get(doc_id)
             if entry is None:
@@ -174,6 +193,7 @@ class MemoryKVStore(KVStore):
             return entry[0]
 
     def delete(self, doc_id: str) -> bool:
+        check_doc_id(doc_id)
         with self._lock:
             entry = self._entries.pop(doc_id, None)
             if entry is not None:
@@ -185,5 +205,7 @@ class MemoryKVStore(KVStore):
             return list(self._entries)
 
     def __contains__(self, doc_id: object) -> bool:
+        if not valid_doc_id(doc_id):
+            return False
         with self._lock:
             return doc_id in self._entries

@@ -7,6 +7,7 @@
 | `eval-retrieval`, `eval-rag` | `grit_hf.cli.evaluate` |
 | `train` | `grit_hf.cli.train` (a TRL-style script; `accelerate launch -m grit_hf.train` launches it) |
 | `serve` | `grit_hf.cli.serve` (the OpenAI-compatible server of `grit_hf.serve`) |
+| `cache upgrade` | `grit_hf.cli.cache_commands` (disk key/value stores) |
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import argparse
 import sys
 import time
 
-from . import evaluate, model_commands, serve, train
+from . import cache_commands, evaluate, model_commands, serve, train
 
 __all__ = ["main", "make_parser"]
 
@@ -27,6 +28,7 @@ def make_parser() -> argparse.ArgumentParser:
     evaluate.add_parsers(subparsers)
     train.add_parser(subparsers)
     serve.add_parser(subparsers)
+    cache_commands.add_parsers(subparsers)
     return parser
 
 

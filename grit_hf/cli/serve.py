@@ -121,15 +121,36 @@ def build_app(args: argparse.Namespace, model=None):
     source = model if model is not None else args.model
     load_kwargs = None if model is not None else dict(device=args.device, dtype=args.dtype, revision=args.revision)
     rag = get_shared(source, load_kwargs=load_kwargs, rag_kwargs=rag_kwargs)
+    limits = _fit_input_tokens(limits, rag.model)
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
+    aliases = [name for name in (args.model if model is None else None, model_display_name(rag.model)) if name]
     settings = ServerSettings(
         model_name=args.served_model_name or model_display_name(rag.model),
+        model_aliases=tuple(str(name) for name in aliases),
         api_key=api_key,
         cache_embeddings=args.cache_embeddings,
         batch_size=args.batch_size,
         batch_wait=args.batch_wait_ms / 1000,
     )
     return create_app(rag, settings, limits)
+
+
+def _fit_input_tokens(limits, model):
+    """`limits` with `max_input_tokens` capped so that a text of that many tokens, with the document template and
+    special tokens, fits the model's positions (said once at start; longer queries are refused per request)."""
+    import dataclasses
+
+    if model.max_positions is None:
+        return limits
+    overhead = len(model.tokenize_for_embedding(["x"], "", model.max_positions, warn=False).token_ids[0]) - 1
+    fit = model.max_positions - overhead
+    if limits.max_input_tokens <= fit:
+        return limits
+    logger.warning(
+        f"--max-input-tokens {limits.max_input_tokens} lowered to {fit}: the model has {model.max_positions} positions "
+        f"and the template takes {overhead} of them."
+    )
+    return dataclasses.replace(limits, max_input_tokens=fit)
 
 
 def build_server(args: argparse.Namespace, model=None):
@@ -151,9 +172,29 @@ def build_server(args: argparse.Namespace, model=None):
     return uvicorn.Server(config)
 
 
+class _Stop(Exception):
+    """SIGTERM, raised where the main thread is (uvicorn re-raises the signals it handled after its shutdown)."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Stop("SIGTERM")
+
+
 def run(args: argparse.Namespace) -> int:
-    server = build_server(args)
-    name = server.config.app.state.grit.settings.model_name
-    print(f"grit-hf serve: {name} on http://{args.host}:{args.port}/v1", flush=True)
-    server.run()
+    """Build and run the server until Ctrl-C (SIGINT) or SIGTERM: uvicorn finishes open requests (up to 10 s), then
+    one line says how it ended; no traceback."""
+    import signal
+    import sys
+
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        server = build_server(args)
+        name = server.config.app.state.grit.settings.model_name
+        print(f"grit-hf serve: {name} on http://{args.host}:{args.port}/v1", flush=True)
+        server.run()
+    except (KeyboardInterrupt, _Stop) as stop:
+        how = "SIGINT" if isinstance(stop, KeyboardInterrupt) else str(stop)
+        print(f"grit-hf serve: stopped by {how}", file=sys.stderr, flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0

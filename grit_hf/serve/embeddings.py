@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 
 from ..validation import check_text
 from .errors import APIError
-from .limits import check_count, check_tokens
+from .limits import check_count, check_request_text, check_tokens
 from .schemas import EmbeddingRequest, encode_embedding
 from .state import ServerState, get_state
 
@@ -48,13 +48,7 @@ def _texts(body: EmbeddingRequest) -> list[str]:
             "token_input_unsupported",
         )
     for index, text in enumerate(texts):
-        where = f"input[{index}]" if not isinstance(raw, str) else "input"
-        if not text:
-            raise APIError(400, f"`{where}` is an empty string: every input must hold text.", where)
-        try:
-            check_text(text, where)
-        except ValueError as error:
-            raise APIError(400, str(error), where) from None
+        check_request_text(text, f"input[{index}]" if not isinstance(raw, str) else "input")
     return texts
 
 
@@ -98,6 +92,7 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
     key = embedding_key(state, body)
     counts = await state.in_thread(state.count_tokens, texts)
     check_tokens(counts, state.limits.max_input_tokens, "input")
+    await state.in_thread(state.check_fits, texts, "" if key[0] == "document" else key[1], "input")
     future = asyncio.wrap_future(state.batcher.submit(key, texts))
     try:
         vectors = await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from ..validation import check_text
 from .errors import APIError
 
 __all__ = ["Limits", "GenerationSlots", "check_count", "check_tokens"]
@@ -86,6 +87,16 @@ def check_count(count: int, limit: int, param: str, what: str) -> None:
     """400 if a request holds more than `limit` items."""
     if count > limit:
         raise APIError(400, f"`{param}` holds {count} {what}; the server accepts at most {limit}.", param, "too_many")
+
+
+def check_request_text(text: str, where: str) -> None:
+    """400 for an empty text or one that is not valid Unicode (a lone surrogate), naming where it is."""
+    if not text:
+        raise APIError(400, f"`{where}` is an empty string: every input must hold text.", where)
+    try:
+        check_text(text, where)
+    except ValueError as error:
+        raise APIError(400, str(error), where) from None
 
 
 def check_tokens(counts: list[int], limit: int, param: str) -> None:

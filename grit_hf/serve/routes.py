@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from .errors import APIError
-from .limits import check_count, check_tokens
+from .limits import check_count, check_request_text, check_tokens
 from .metrics import CONTENT_TYPE_LATEST
 from .schemas import DocumentsRequest
 from .state import get_state
@@ -28,20 +28,19 @@ async def metrics(request: Request) -> Response:
     return Response(get_state(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
-def _model(request: Request) -> dict:
-    state = get_state(request)
-    return {"id": state.settings.model_name, "object": "model", "created": state.created, "owned_by": "grit-hf"}
+def _model(request: Request, name: str) -> dict:
+    return {"id": name, "object": "model", "created": get_state(request).created, "owned_by": "grit-hf"}
 
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict:
-    return {"object": "list", "data": [_model(request)]}
+    return {"object": "list", "data": [_model(request, name) for name in get_state(request).model_names]}
 
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, request: Request) -> dict:
     get_state(request).check_model(model_id)
-    return _model(request)
+    return _model(request, model_id)
 
 
 @router.post("/v1/documents")
@@ -51,10 +50,10 @@ async def add_documents(body: DocumentsRequest, request: Request) -> JSONRespons
     check_count(len(body.documents), state.limits.max_inputs, "documents", "documents")
     texts = [document.text for document in body.documents]
     for index, text in enumerate(texts):
-        if not text:
-            raise APIError(400, f"`documents[{index}].text` is empty.", f"documents[{index}].text")
+        check_request_text(text, f"documents[{index}].text")
     counts = await state.in_thread(state.count_tokens, texts)
     check_tokens(counts, state.limits.max_input_tokens, "documents")
+    await state.in_thread(state.check_fits, texts, "", "documents")
     try:
         ids = await state.in_thread(state.documents.add, texts, [document.id for document in body.documents])
     except ValueError as error:  # e.g. a lone surrogate

@@ -27,7 +27,9 @@ class ServerSettings:
     """How the server behaves (its limits are in `Limits`).
 
     Attributes:
-        model_name: the model id clients name (`/v1/models`); requests naming another get 404.
+        model_name: the model id the server answers with (`/v1/models` lists it first).
+        model_aliases: other ids clients may name for it (the `--model` string, the checkpoint folder's name), as
+            vLLM accepts the name it was started with; requests naming any other model get 404.
         api_key: the Bearer key every endpoint but `/health` needs (`None`: none).
         cache_embeddings: whether `/v1/embeddings` indexes documents and keeps their states by default (a request's
             `cache` field overrides it).
@@ -36,6 +38,7 @@ class ServerSettings:
     """
 
     model_name: str
+    model_aliases: tuple[str, ...] = ()
     api_key: str | None = None
     cache_embeddings: bool = True
     batch_size: int = 64
@@ -77,9 +80,14 @@ class ServerState:
         instruction = "" if kind == "document" else value
         return self.rag.embed(texts, instruction=instruction).numpy()
 
+    @property
+    def model_names(self) -> list[str]:
+        """Every id of the served model, its own first."""
+        return list(dict.fromkeys([self.settings.model_name, *self.settings.model_aliases]))
+
     def check_model(self, name: str | None) -> None:
-        """404 unless `name` is the served model (or not given)."""
-        if name is not None and name != self.settings.model_name:
+        """404 unless `name` is one of the served model's ids (or not given)."""
+        if name is not None and name not in self.model_names:
             raise APIError(
                 404,
                 f"The model {name!r} does not exist here: this server serves {self.settings.model_name!r} "
@@ -93,6 +101,24 @@ class ServerState:
         if not texts:
             return []
         return [len(ids) for ids in self.rag.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def check_fits(self, texts: list[str], instruction: str, param: str) -> None:
+        """400 for a text whose embedding input (template, instruction and special tokens included) is longer than the
+        model's positions: it could only be embedded truncated, and the server truncates nothing silently."""
+        model = self.rag.model
+        if model.max_positions is None:
+            return
+        inputs = model.tokenize_for_embedding(texts, instruction, model.max_positions, warn=False)
+        for index, cut in enumerate(inputs.truncated):
+            if cut:
+                where = f"{param}[{index}]" if len(texts) > 1 else param
+                raise APIError(
+                    400,
+                    f"`{where}` does not fit the model: with its template it takes more than the model's "
+                    f"{model.max_positions} positions (nothing is truncated). Split the text or shorten it.",
+                    where,
+                    "context_length_exceeded",
+                )
 
     def deadline(self) -> float:
         """The `time.monotonic()` by which a request starting now must be done."""

@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 import grit_hf.cache.disk as disk_module
@@ -153,11 +154,43 @@ def test_a_fifo_under_an_entry_name_never_blocks(store):
     assert "a" not in store
 
 
-def test_version_1_entries_without_checksums_still_load(store):
+def test_version_1_entries_without_checksums_are_read_only_when_asked_or_after_an_upgrade(store, tmp_path):
     tensors = _tensors(_states())
     _write(store, "a", tensors, format="grit_hf.kv/1", checksums="")
-    loaded = store.get("a")
-    assert torch.equal(loaded.layers()[1][0], tensors["layers.1.keys"])
+    with pytest.raises(CacheEntryError, match="old format grit_hf.kv/1.*read_unverified=True.*cache upgrade"):
+        store.get("a")
+    assert store.keys() == []  # not readable, so not listed
+    trusting = DiskKVStore(store.directory, fingerprint=FINGERPRINT, read_unverified=True)
+    assert torch.equal(trusting.get("a").layers()[1][0], tensors["layers.1.keys"]) and trusting.keys() == ["a"]
+    assert store.upgrade() == 1 and store.upgrade() == 0
+    assert torch.equal(store.get("a").layers()[1][0], tensors["layers.1.keys"])  # now with checksums
+    _flip_a_data_byte(store.path_for("a"))
+    with pytest.raises(CacheEntryError, match="checksums"):
+        DiskKVStore(store.directory, fingerprint=FINGERPRINT).get("a")
+
+
+def test_rewriting_the_format_to_version_1_does_not_switch_the_checksums_off(store):
+    """The downgrade attack: an entry's metadata set to the old format, and its data changed."""
+    store.put("a", _states())
+    path = store.path_for("a")
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    tensors["layers.1.values"] = tensors["layers.1.values"] + 1
+    _write(store, "a", tensors, format="grit_hf.kv/1", checksums="")
+    with pytest.raises(CacheEntryError, match="old format"):
+        DiskKVStore(store.directory, fingerprint=FINGERPRINT).get("a")
+
+
+def test_listing_checks_that_an_entry_names_the_document_of_its_file(store, caplog):
+    """Entry b's file copied over entry a's: `keys()` does not list 'b' twice (nor 'a', whose file now says b)."""
+    store.put("a", _states())
+    store.put("b", _states(seed=1))
+    store.path_for("a").write_bytes(store.path_for("b").read_bytes())
+    with caplog.at_level(logging.WARNING, logger="grit_hf.cache.disk"):
+        assert store.keys() == ["b"]
+    assert "names the document 'b'" in caplog.text
+    with pytest.raises(CacheEntryError, match="names another document"):
+        store.get("a")
 
 
 def test_checksums_are_verified_once_per_file(store, monkeypatch):

@@ -5,6 +5,7 @@ index, and errors mapped to the SDK's exception types."""
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -29,7 +30,8 @@ def _ask(client, content: str, **kwargs):
 
 
 def test_models_and_health(server, client):
-    assert [model.id for model in client.models.list().data] == ["tiny"]
+    path = server.state.rag.model.name_or_path  # started with `--model PATH --served-model-name tiny`
+    assert [model.id for model in client.models.list().data] == ["tiny", str(path), Path(path).name]
     assert client.models.retrieve("tiny").owned_by == "grit-hf"
     with pytest.raises(openai.NotFoundError, match="serves 'tiny'"):
         client.models.retrieve("gpt-4o")

@@ -1,0 +1,35 @@
+"""`grit-hf cache upgrade DIR`: rewrite a disk key/value store's entries of the old format `grit_hf.kv/1` (no
+checksums) in the current format, with checksums, so that the store reads them without `read_unverified=True`."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_parsers"]
+
+
+def _cmd_upgrade(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..cache.disk import DiskKVStore
+
+    directory = Path(args.directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(2, "No such directory", str(directory))
+    upgraded = DiskKVStore(directory).upgrade()
+    print(
+        f"grit-hf cache upgrade: {upgraded} entr{'y' if upgraded == 1 else 'ies'} rewritten with checksums in {directory}"
+    )
+    return 0
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    cache = subparsers.add_parser("cache", help="Maintain a disk key/value store (--cache-dir, DiskKVStore).")
+    commands = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    upgrade = commands.add_parser(
+        "upgrade",
+        help="Rewrite entries of the old format grit_hf.kv/1 (no checksums) with checksums. Run it once, on a "
+        "directory you trust: whatever the entries hold now is what the checksums will vouch for.",
+    )
+    upgrade.add_argument("directory", help="the store's directory")
+    upgrade.set_defaults(func=_cmd_upgrade)
