@@ -1,9 +1,8 @@
 """`GritRAG`: retrieval and generation with one GRIT model, reusing the key/value states computed while embedding
 (paper section 4, "RAG with caching").
 
-Modes of `GritRAG.answer`: `none` (no documents), plain RAG `rag_query_doc` / `rag_doc_query` (query then documents,
-or the inverse), and the caching modes `query`, `doc`, `query_doc`, `doc_query` (which parts come from cached states;
-the table and the prompt layouts are in `grit_hf.rag.prompts`).
+Modes of `GritRAG.answer`: `none`, plain RAG `rag_query_doc` / `rag_doc_query` and the caching modes `query`, `doc`,
+`query_doc`, `doc_query` (the table and the prompt layouts are in `grit_hf.rag.prompts`).
 
 Plain RAG re-reads exactly the token ids the caching modes take from the cache. With causal caches
 (`cache_attention="causal"`), `query` equals `rag_query_doc` token for token, and so does `doc` with one document
@@ -13,14 +12,13 @@ bidirectional caches (the embedding pass's own states, one pass per document) th
 unless the checkpoint was trained for them (`GRITTrainer` with `lambda_cache > 0`, recorded as the config's
 `cache_attention="bidirectional"`, which is then the default here).
 
-Positions: every cached part is re-rotated to the offset it takes in the prompt, so several documents (`top_k > 1`)
-and query+document caches sit at correct, consecutive positions (the reference started every cache at 0).
+Positions: every cached part is re-rotated to its offset in the prompt, so several documents (`top_k > 1`) and
+query+document caches sit at consecutive positions (the reference started every cache at 0).
 
-Counts: `prompt_tokens` counts every prompt token, `cache_read_tokens` those whose states were reused rather than
-computed during generation (stored document states, and the query states of the retrieval pass in query modes).
-
-Threads: every forward pass holds the model's lock (`grit_hf.locking`), so several threads and `GritRAG` instances may
-share a model; streams interleave by token. Stored states are never written to.
+Counts: `prompt_tokens` counts every prompt token, `cache_read_tokens` those whose states were reused (stored
+document states, and the query states of the retrieval pass in query modes). Threads: every forward pass holds the
+model's lock (`grit_hf.locking`), so threads and `GritRAG` instances may share a model; streams interleave by token
+(or share decode steps, `batch_decoding`). Stored states are never written to.
 """
 
 from __future__ import annotations
@@ -33,6 +31,7 @@ from transformers.utils import logging
 
 from ..cache.buffers import DecodeCache
 from ..cache.disk import DiskKVStore
+from ..cache.entries import CacheEntryError
 from ..cache.fingerprint import compute_fingerprint
 from ..cache.positions import verify_rerotation
 from ..cache.states import KVStates
@@ -131,8 +130,7 @@ class GritRAG:
         if verify_positions:
             with self.lock:
                 verify_rerotation(model)
-        if weights_hash is None:
-            weights_hash = "full" if isinstance(store, DiskKVStore) else "sample"
+        weights_hash = weights_hash or ("full" if isinstance(store, DiskKVStore) else "sample")
         self.fingerprint = compute_fingerprint(model, is_causal=self.causal_cache, weights_hash=weights_hash)
         self.store = store if store is not None else MemoryKVStore()
         self.store.bind(self.fingerprint)
@@ -219,14 +217,17 @@ class GritRAG:
             return self.documents.embeddings_of(doc_ids)
 
     def _document(self, doc_id: str) -> KVStates | list[int]:
-        """The stored states of a document, recomputed if they were evicted; the token ids of its embedding input
-        if it is too long to cache."""
+        """The stored states of a document, recomputed (and stored again) if they were evicted or their entry is
+        damaged; the token ids of its embedding input if it is too long to cache."""
         text = self.documents.texts[self.documents.check_known([doc_id])[0]]
         if doc_id in self.documents.uncached:
             return self.embedding_pass.input_ids(text, "")
-        states = self.store.get(doc_id)
+        try:
+            states = self.store.get(doc_id)
+        except CacheEntryError as error:  # e.g. a file damaged on disk: the document's text is still here
+            logger.warning(f"{error} Recomputing the states of {doc_id!r}.")
+            states = None
         if states is None:
-            logger.info(f"States of {doc_id!r} are no longer stored; recomputing them.")
             _, (states,) = self.embedding_pass.run([text], "", states=True, embeddings=False)
             self.store.put(doc_id, states)
         return states

@@ -12,6 +12,8 @@ also holds while it finds documents in its prompt and composes it, so a chat nev
 
 from __future__ import annotations
 
+import errno
+import logging
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -23,6 +25,8 @@ from ..rag.gritrag import GritRAG
 from .errors import APIError
 
 __all__ = ["ServerDocuments"]
+
+logger = logging.getLogger("grit_hf.serve")
 
 
 class ServerDocuments:
@@ -52,7 +56,7 @@ class ServerDocuments:
             ids = [self._pinned_texts.get(key, key) for key in map(document_id, texts)]
             new = [text for text, doc_id in zip(texts, ids) if doc_id not in self._pinned]
             if new:
-                self.rag.add_documents(new)
+                self._index(new, None)
             vectors = self.rag.get_embeddings(ids).numpy()
             for doc_id in ids:
                 if doc_id not in self._pinned:
@@ -80,7 +84,7 @@ class ServerDocuments:
                     "documents",
                     "index_full",
                 )
-            self.rag.add_documents(texts, ids=ids)
+            self._index(texts, ids)
             for doc_id, text in zip(ids, texts):
                 self._unpin(doc_id)
                 key = self._pinned[doc_id] = document_id(text)
@@ -91,6 +95,21 @@ class ServerDocuments:
                     self.rag.remove_documents([key])
             self._evict()
         return ids
+
+    def _index(self, texts: list[str], ids: list[str] | None) -> None:
+        """`GritRAG.add_documents` (all or nothing); a store that cannot be written (a full or read-only disk) is a
+        507 or 503 naming the cause, logged in one line, and leaves the index as it was."""
+        try:
+            self.rag.add_documents(texts, ids=ids)
+        except OSError as error:
+            full = error.errno == errno.ENOSPC or "No space left" in str(error)
+            logger.warning(f"Could not store the states of {len(texts)} document(s): {error}")
+            raise APIError(
+                507 if full else 503,
+                f"The server's key/value store could not be written ({error}); nothing was indexed. Retry later.",
+                None,
+                "storage_full" if full else "storage_unavailable",
+            ) from None
 
     def _unpin(self, doc_id: str) -> None:
         key = self._pinned.pop(doc_id, None)
@@ -163,7 +182,7 @@ class ServerDocuments:
     def delete(self, doc_id: str) -> dict[str, Any]:
         """Forget a document (text, embedding, states); 404 if it is not indexed."""
         with self._lock:
-            if not self.rag.remove_documents([doc_id]):
+            if doc_id not in self.rag.documents.texts or not self.rag.remove_documents([doc_id]):
                 raise APIError(404, f"No document has the id {doc_id!r}.", "id", "document_not_found")
             self._unpin(doc_id)
             self._automatic.pop(doc_id, None)
