@@ -5,16 +5,18 @@ Texts: the man-page retrieval set (`data/manpages/eval`): `--n-docs` documents (
 `--n-queries` queries (with the task instruction), each truncated to `--max-length` tokens. Every method embeds both
 sets `--rounds` times, the methods interleaved round by round; a method's time is its fastest round (the machine may be
 shared). Reported: texts/s, real (non-padding) tokens/s, an estimate of the useful TFLOP/s (2 x non-embedding params
-per token + 4 x layers x hidden per token pair of bidirectional attention) against a measured matmul peak, ratios to
-the reference, and the largest difference between the methods' embeddings.
+per token + 4 x layers x hidden per token pair of bidirectional attention) against a measured matmul peak of the same
+dtype, ratios to grit-hf and to the reference in the first dtype, and the cosine of every variant's embeddings to
+grit-hf's in the first dtype (what bf16 costs).
 
-CPU, the default model (SmolLM2-135M-Instruct, fp32):
+CPU, the default model (SmolLM2-135M-Instruct) in fp32 and bf16, grit-hf against the reference, at 1 and 2 threads:
 
-    python benchmarks/encode_throughput.py --output benchmarks/results/encode_throughput_cpu
+    python benchmarks/encode_throughput.py --n-docs 128 --n-queries 128 --threads 1 2 \\
+        --output benchmarks/results/encode_throughput_cpu
 
 H100 (CUDA only; exits 0 with a message without it), a Mistral-7B-shaped model with random bf16 weights:
 
-    python benchmarks/encode_throughput.py --model mistral-7b-random --device cuda --dtype bfloat16 \\
+    python benchmarks/encode_throughput.py --model mistral-7b-random --device cuda --dtypes bfloat16 \\
         --n-docs 2000 --n-queries 2000 --batch-size 64 --max-length 512 --output benchmarks/results/encode_throughput_h100
 """
 
@@ -130,53 +132,14 @@ def encode_flops(config, token_lengths: list[int]) -> float:
     return float(sum(per_layer * text.num_hidden_layers * n + attention * n * n for n in token_lengths))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="default", help="GRIT checkpoint folder, 'default' or 'mistral-7b-random'")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--n-docs", type=int, default=256)
-    parser.add_argument("--n-queries", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--methods", nargs="+", default=["grit-hf", "reference", "sentence-transformers"])
-    parser.add_argument("--output", default=None, help="write OUTPUT.json and OUTPUT.md")
-    args = parser.parse_args(argv)
-    dtype = getattr(torch, args.dtype)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("CUDA is not available: skipping the GPU throughput benchmark.")
-        return 0
-
-    import grit_hf  # noqa: F401  (registers the model type)
+def _runners(args, path: Path, dtype: torch.dtype, queries_prefix: str, doc_prefix: str) -> dict:
+    """`{method: run(docs, queries) -> (doc embeddings, query embeddings)}` for one dtype."""
     from grit_hf import GritLMModel
-    from grit_hf.folders.resolve import resolve_checkpoint
-    from grit_hf.folders.sentence_transformers import grit_prompt
-
-    workdir = tempfile.TemporaryDirectory(prefix="grit-throughput-")
-    if args.model == "mistral-7b-random":
-        if not args.device.startswith("cuda"):
-            raise SystemExit("--model mistral-7b-random needs --device cuda.")
-        path = make_random_mistral_7b(Path(workdir.name) / "mistral-7b-random", dtype)
-    else:
-        path = Path(resolve_checkpoint(args.model))
-    docs, queries = read_texts(args.n_docs, args.n_queries)
-    model = GritLMModel.from_pretrained(path, dtype=dtype).to(args.device).eval()
-    tokenizer = model.tokenizer
-    doc_prefix, query_prefix = grit_prompt(model), grit_prompt(model, INSTRUCTION)
-    lengths = [
-        min(len(ids), args.max_length)
-        for prefix, texts in ((doc_prefix, docs), (query_prefix, queries))
-        for ids in tokenizer([prefix + text for text in texts])["input_ids"]
-    ]
-    flops = encode_flops(model.config, lengths)
 
     runners = {}
     for method in args.methods:
         if method == "grit-hf":
+            model = GritLMModel.from_pretrained(path, dtype=dtype).to(args.device).eval()
             runners[method] = lambda d, q, m=model: (
                 m.encode(d, batch_size=args.batch_size, max_length=args.max_length, show_progress_bar=False),
                 m.encode(q, instruction=INSTRUCTION, batch_size=args.batch_size, max_length=args.max_length,
@@ -191,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             reference = GritLM(str(path), attn="bbcc", device=args.device, dtype=dtype)
             runners[method] = lambda d, q, r=reference: (
                 r.encode(d, instruction=doc_prefix, batch_size=args.batch_size, max_length=args.max_length),
-                r.encode(q, instruction=query_prefix, batch_size=args.batch_size, max_length=args.max_length),
+                r.encode(q, instruction=queries_prefix, batch_size=args.batch_size, max_length=args.max_length),
             )
         elif method == "sentence-transformers":
             from sentence_transformers import SentenceTransformer
@@ -200,41 +163,106 @@ def main(argv: list[str] | None = None) -> int:
             st.max_seq_length = args.max_length
             runners[method] = lambda d, q, s=st: (
                 s.encode_document(d, batch_size=args.batch_size, show_progress_bar=False),
-                s.encode(q, prompt=query_prefix, batch_size=args.batch_size, show_progress_bar=False),
+                s.encode(q, prompt=queries_prefix, batch_size=args.batch_size, show_progress_bar=False),
             )
         else:
             raise SystemExit(f"Unknown method {method!r}.")
+    return runners
 
+
+def _cosines(a, b) -> np.ndarray:
+    a, b = (
+        np.concatenate([np.asarray(x, np.float32) for x in a]),
+        np.concatenate([np.asarray(x, np.float32) for x in b]),
+    )
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="default", help="GRIT checkpoint folder, 'default' or 'mistral-7b-random'")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16"]
+    )
+    parser.add_argument("--n-docs", type=int, default=256)
+    parser.add_argument("--n-queries", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=[0], help="torch CPU threads to measure (0: torch's)"
+    )
+    parser.add_argument("--methods", nargs="+", default=["grit-hf", "reference"])
+    parser.add_argument("--output", default=None, help="write OUTPUT.json and OUTPUT.md")
+    args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("CUDA is not available: skipping the GPU throughput benchmark.")
+        return 0
+
+    import grit_hf  # noqa: F401  (registers the model type)
+    from grit_hf import GritLMConfig
+    from grit_hf.folders.resolve import resolve_checkpoint
+    from grit_hf.folders.sentence_transformers import grit_prompt
+
+    workdir = tempfile.TemporaryDirectory(prefix="grit-throughput-")
+    if args.model == "mistral-7b-random":
+        if not args.device.startswith("cuda"):
+            raise SystemExit("--model mistral-7b-random needs --device cuda.")
+        path = make_random_mistral_7b(Path(workdir.name) / "mistral-7b-random", getattr(torch, args.dtypes[0]))
+    else:
+        path = Path(resolve_checkpoint(args.model))
+    docs, queries = read_texts(args.n_docs, args.n_queries)
+    config = GritLMConfig.from_pretrained(path)
+    doc_prefix, query_prefix = grit_prompt(config), grit_prompt(config, INSTRUCTION)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    lengths = [
+        min(len(ids), args.max_length)
+        for prefix, texts in ((doc_prefix, docs), (query_prefix, queries))
+        for ids in tokenizer([prefix + text for text in texts])["input_ids"]
+    ]
+    flops = encode_flops(config, lengths)
+    runners = {}
+    for name in args.dtypes:
+        for method, run in _runners(args, path, getattr(torch, name), query_prefix, doc_prefix).items():
+            runners[(method, name)] = run
     peak_size = 8192 if args.device.startswith("cuda") else 2048
-    peak = matmul_peak_tflops(args.device, dtype, peak_size)
-    with torch.inference_mode():
-        for run in runners.values():  # warm-up on a few texts
-            run(docs[:8], queries[:8])
-    times = {method: float("inf") for method in runners}
-    outputs = {}
-    for _ in range(args.rounds):
-        for method, run in runners.items():
-            sync(args.device)
-            start = time.perf_counter()
-            outputs[method] = run(docs, queries)
-            sync(args.device)
-            times[method] = min(times[method], time.perf_counter() - start)
-
-    peak = max(peak, matmul_peak_tflops(args.device, dtype, peak_size))  # before and after: the best of both
-    n_texts, n_tokens = len(docs) + len(queries), sum(lengths)
-    base = outputs.get("grit-hf")
-    rows = []
-    for method, seconds in times.items():
-        diff = None
-        if base is not None:
-            diff = max(float(np.abs(np.asarray(a, np.float32) - b).max()) for a, b in zip(outputs[method], base))
-        rows.append({
-            "method": method, "seconds": round(seconds, 3), "texts_per_s": round(n_texts / seconds, 2),
-            "tokens_per_s": round(n_tokens / seconds, 1), "tflops": round(flops / seconds / 1e12, 4),
-            "fraction_of_matmul_peak": round(flops / seconds / 1e12 / peak, 4),
-            "speedup_vs_reference": round(times["reference"] / seconds, 3) if "reference" in times else None,
-            "max_abs_diff_vs_grit_hf": diff,
-        })  # fmt: skip
+    rows, outputs = [], {}
+    for threads in args.threads:
+        if threads:
+            torch.set_num_threads(threads)
+        peaks = {name: matmul_peak_tflops(args.device, getattr(torch, name), peak_size) for name in args.dtypes}
+        with torch.inference_mode():
+            for run in runners.values():  # warm-up on a few texts
+                run(docs[:8], queries[:8])
+        times = {key: float("inf") for key in runners}
+        for _ in range(args.rounds):
+            for key, run in runners.items():  # interleaved, so a busy moment hits every variant alike
+                sync(args.device)
+                start = time.perf_counter()
+                outputs[key] = run(docs, queries)
+                sync(args.device)
+                times[key] = min(times[key], time.perf_counter() - start)
+        for name in args.dtypes:  # before and after: the best of both
+            peaks[name] = max(peaks[name], matmul_peak_tflops(args.device, getattr(torch, name), peak_size))
+        own = ("grit-hf", args.dtypes[0])
+        n_texts, n_tokens = len(docs) + len(queries), sum(lengths)
+        for (method, name), seconds in times.items():
+            cosine = _cosines(outputs[(method, name)], outputs[own]) if own in outputs else None
+            rows.append({
+                "threads": torch.get_num_threads(), "method": method, "dtype": name, "seconds": round(seconds, 3),
+                "texts_per_s": round(n_texts / seconds, 2), "tokens_per_s": round(n_tokens / seconds, 1),
+                "tflops": round(flops / seconds / 1e12, 4),
+                "fraction_of_matmul_peak": round(flops / seconds / 1e12 / peaks[name], 4),
+                "speedup_vs_grit_hf_first_dtype": round(times[own] / seconds, 3) if own in times else None,
+                "speedup_vs_reference_first_dtype": round(times[("reference", args.dtypes[0])] / seconds, 3)
+                if ("reference", args.dtypes[0]) in times else None,
+                "cosine_to_grit_hf_first_dtype_mean": None if cosine is None else round(float(cosine.mean()), 6),
+                "cosine_to_grit_hf_first_dtype_min": None if cosine is None else round(float(cosine.min()), 6),
+                "matmul_peak_tflops": round(peaks[name], 3),
+            })  # fmt: skip
     import sentence_transformers
     import transformers
 
@@ -243,24 +271,29 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "machine": {
             "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
             "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
         },
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "sentence_transformers": sentence_transformers.__version__, "grit_hf": grit_hf.__version__},
-        "model": str(args.model), "dtype": args.dtype, "device": args.device, "batch_size": args.batch_size,
-        "max_length": args.max_length, "n_docs": len(docs), "n_queries": len(queries), "real_tokens": n_tokens,
-        "matmul_peak_tflops": round(peak, 3), "results": rows,
+        "model": str(args.model), "dtypes": args.dtypes, "device": args.device, "batch_size": args.batch_size,
+        "max_length": args.max_length, "n_docs": len(docs), "n_queries": len(queries), "real_tokens": sum(lengths),
+        "results": rows,
     }  # fmt: skip
+    first = args.dtypes[0]
     table = [
-        "| method | seconds | texts/s | tokens/s | TFLOP/s | of matmul peak | vs reference | max abs diff vs grit-hf |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| threads | method | dtype | seconds | texts/s | TFLOP/s | of its matmul peak | vs grit-hf {first} | "
+        f"vs reference {first} | cosine to grit-hf {first} (mean / min) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
+        ratio = row["speedup_vs_reference_first_dtype"]
+        cosine, lowest = row["cosine_to_grit_hf_first_dtype_mean"], row["cosine_to_grit_hf_first_dtype_min"]
         table.append(
-            f"| {row['method']} | {row['seconds']} | {row['texts_per_s']} | {row['tokens_per_s']} | {row['tflops']} | "
-            f"{row['fraction_of_matmul_peak']:.1%} | {row['speedup_vs_reference'] or '-'}x | "
-            f"{'-' if row['max_abs_diff_vs_grit_hf'] is None else format(row['max_abs_diff_vs_grit_hf'], '.1e')} |"
+            f"| {row['threads']} | {row['method']} | {row['dtype']} | {row['seconds']} | {row['texts_per_s']} | "
+            f"{row['tflops']} | {row['fraction_of_matmul_peak']:.1%} | {row['speedup_vs_grit_hf_first_dtype']}x | "
+            f"{'-' if ratio is None else f'{ratio}x'} | "
+            f"{'-' if cosine is None else f'{cosine} / {lowest}'} |"
         )
     print(json.dumps(result, indent=2))
     print("\n".join(table))
@@ -268,16 +301,15 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(f"{args.output}.json").write_text(json.dumps(result, indent=2) + "\n")
         header = [
-            f"# Embedding throughput ({args.device}, {args.model}, {args.dtype})",
+            f"# Embedding throughput ({args.device}, {args.model}: {', '.join(args.dtypes)})",
             "",
             f"- date: {result['date']}",
             f"- command: `{result['command']}`",
             f"- machine: {result['machine']}",
             f"- versions: {result['versions']}",
             f"- texts: {len(docs)} man-page documents (no instruction) + {len(queries)} queries (instruction), "
-            f"max {args.max_length} tokens, {n_tokens} real tokens; batch size {args.batch_size}; best of "
-            f"{args.rounds} interleaved rounds after a warm-up",
-            f"- matmul peak ({args.dtype}): {peak:.3f} TFLOP/s",
+            f"max {args.max_length} tokens, {sum(lengths)} real tokens; batch size {args.batch_size}; best of "
+            f"{args.rounds} interleaved rounds after a warm-up, per thread count",
             "",
         ]
         Path(f"{args.output}.md").write_text("\n".join(header + table) + "\n")

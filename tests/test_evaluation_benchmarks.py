@@ -26,18 +26,24 @@ def test_encode_throughput_runs_on_a_tiny_model(grit_checkpoint, tmp_path, capsy
     monkeypatch.setenv("GRIT_HF_DATA", str(shared_data))
     throughput = load_benchmark("encode_throughput")
     argv = ["--model", str(grit_checkpoint("llama")), "--n-docs", "6", "--n-queries", "6", "--rounds", "1"]
+    argv += ["--methods", "grit-hf", "reference", "sentence-transformers", "--threads", "1"]
     assert throughput.main([*argv, "--max-length", "160", "--output", str(tmp_path / "tp")]) == 0
     result = json.loads((tmp_path / "tp.json").read_text())
-    methods = {row["method"]: row for row in result["results"]}
-    assert set(methods) >= {"grit-hf", "sentence-transformers"}
-    assert all(row["max_abs_diff_vs_grit_hf"] <= 1e-5 for row in methods.values())
+    rows = {(row["method"], row["dtype"]): row for row in result["results"]}
+    assert set(rows) == {
+        (m, d) for m in ("grit-hf", "reference", "sentence-transformers") for d in ("float32", "bfloat16")
+    }
+    for method in ("grit-hf", "reference", "sentence-transformers"):  # the same embeddings in fp32
+        assert rows[method, "float32"]["cosine_to_grit_hf_first_dtype_min"] >= 1 - 1e-6
+        assert rows[method, "bfloat16"]["cosine_to_grit_hf_first_dtype_mean"] >= 0.99  # bf16 rounding only
+    assert rows["grit-hf", "float32"]["speedup_vs_grit_hf_first_dtype"] == 1.0
     assert (tmp_path / "tp.md").read_text().count("|") > 10
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message printed without CUDA")
 def test_gpu_mode_skips_without_cuda(capsys):
     throughput = load_benchmark("encode_throughput")
-    assert throughput.main(["--model", "mistral-7b-random", "--device", "cuda", "--dtype", "bfloat16"]) == 0
+    assert throughput.main(["--model", "mistral-7b-random", "--device", "cuda", "--dtypes", "bfloat16"]) == 0
     assert "CUDA is not available" in capsys.readouterr().out
 
 
@@ -82,3 +88,18 @@ def test_kv_quantization_runs_on_a_tiny_model(grit_checkpoint, shared_data, tmp_
     assert causal["bytes_per_token"]["int8"] < causal["bytes_per_token"]["bf16"]  # (fixed per-entry block: short docs)
     assert causal["generated_disagreements"] == 0  # the teacher-forced check predicts what generation does
     assert report["latency"] and output.with_suffix(".md").is_file()
+
+
+def test_dtype_quality_runs_on_a_tiny_model(grit_checkpoint, shared_data, tmp_path, monkeypatch):
+    """bf16 against fp32: retrieval, answers and parity with the reference, on a tiny model and a subset."""
+    pytest.importorskip("gritlm")
+    monkeypatch.setenv("GRIT_HF_DATA", str(shared_data))
+    quality = load_benchmark("dtype_quality")
+    output = tmp_path / "dtype"
+    argv = ["--model", str(grit_checkpoint("llama")), "--smoke", "--questions", "2", "--parity-texts", "4"]
+    assert quality.main([*argv, "--new-tokens", "3", "--output", str(output)]) == 0
+    report = json.loads(output.with_suffix(".json").read_text())
+    assert set(report["retrieval"]) >= {"float32", "bfloat16", "cosine_mean", "cosine_min"}
+    assert 0.9 < report["retrieval"]["cosine_min"] <= report["retrieval"]["cosine_mean"] <= 1 + 1e-6
+    assert report["reference_parity"]["fp32_max_abs_diff_grit_hf_vs_reference"] <= 1e-5
+    assert report["answers"]["identical"]["doc"].endswith("/2")
