@@ -47,7 +47,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 from report import SENTENCES, environment, write_report
-from servers import Server, default_gguf, grit_server, llamacpp_server, tiny_model
+from serve_report import markdown, plot
+from servers import GRIT_VARIANTS, Server, default_gguf, grit_server, llamacpp_server, tiny_model
 
 TOPICS = ["rivers", "plants", "towers", "cities", "models", "glaciers", "borders", "bees", "storms", "metals"]
 QUESTIONS = [f"What does the note about {topic} say?" for topic in TOPICS]
@@ -181,7 +182,7 @@ def setup(server: Server, corpus: Corpus, args) -> dict:
         indexing = time.perf_counter() - start
         corpus.vectors[server.name] = vectors
         info = {"server": server.name, "index_documents_s": indexing}
-        if server.name == "grit-hf":  # the same documents embedded without keeping their states
+        if server.name.startswith("grit-hf"):  # the same documents embedded without keeping their states
             start = time.perf_counter()
             embed(client, server, [f"{doc} " for doc in corpus.documents], cache=False)
             info["embed_documents_without_states_s"] = time.perf_counter() - start
@@ -193,96 +194,9 @@ def setup(server: Server, corpus: Corpus, args) -> dict:
 def flows_of(server: Server) -> list[str]:
     return (
         ["embeddings", "chat", "rag (cached)", "rag (no cache)"]
-        if server.name == "grit-hf"
+        if server.name.startswith("grit-hf")
         else ["embeddings", "chat", "rag"]
     )
-
-
-# -- report ----------------------------------------------------------------------------------------------------------
-def _ms(value) -> str:
-    return "-" if value is None else f"{value:.0f}"
-
-
-def markdown(report: dict) -> str:
-    env, config = report["environment"], report["config"]
-    lines = [
-        f"# Serving load: grit-hf serve vs llama.cpp ({config['label']})",
-        "",
-        f"- date: {env['date']}",
-        f"- command: `{report['command']}`",
-        f"- machine: {env['machine']['platform']}, {env['machine']['cpu']}, {env['machine']['cpu_count']} CPUs, "
-        f"load average at start {report['load_average']}",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
-        f"- servers: {'; '.join(f'{s}: {m}' for s, m in config['models'].items())}; one CPU thread each",
-        f"- load: N clients x M requests each (closed loop; N: M = {config['requests']}), chat max_tokens "
-        f"{config['max_tokens']}"
-        f" at temperature 0, {config['docs']} documents of ~{config['doc_tokens']} tokens for RAG",
-        "",
-        "| flow | server | N | requests (errors) | req/s | completion tok/s | p50 ms | p99 ms | prompt tok | cached tok |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in report["results"]:
-        lines.append(
-            f"| {row['flow']} | {row['server']} | {row['concurrency']} | {row['requests']} ({row['errors']}) | "
-            f"{row['throughput_rps']:.2f} | {row['completion_tokens_per_s']:.1f} | {_ms(row['p50_ms'])} | "
-            f"{_ms(row['p99_ms'])} | {_ms(row['mean_prompt_tokens'])} | {_ms(row['mean_cached_tokens'])} |"
-        )
-    lines += ["", "Setup (untimed in the flows): embedding the RAG documents once", ""]
-    for info in report["setup"]:
-        extra = ""
-        if "embed_documents_without_states_s" in info:
-            extra = f" (without keeping states: {info['embed_documents_without_states_s']:.2f} s)"
-        lines.append(f"- {info['server']}: {info['index_documents_s']:.2f} s{extra}")
-    if report.get("skipped"):
-        lines += ["", f"Skipped (time budget): {', '.join(report['skipped'])}"]
-    lines += [
-        "",
-        "Notes: grit-hf runs the float32 checkpoint with PyTorch, llama.cpp a 4-bit GGUF (Q4_1) with its own kernels;",
-        "decoding on a CPU is bound by reading the weights, so per-token speed mostly reflects the weights' size.",
-        "Both servers run one forward pass at a time (grit-hf interleaves concurrent streams token by token and",
-        "micro-batches embeddings; llama.cpp's Python server serialises whole requests). With 4 to 8 requests per",
-        "point, p99 is close to the maximum. llama.cpp's embeddings are not normalised: the client normalises them.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colors = {"grit-hf": "tab:blue", "llama.cpp": "tab:orange"}
-    flows = list(dict.fromkeys(row["flow"] for row in report["results"]))
-    groups = [["embeddings"], ["chat"], [f for f in flows if f.startswith("rag")]]
-    groups = [[f for f in group if f in flows] for group in groups]
-    groups = [group for group in groups if group]
-    figure, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4.2), squeeze=False)
-    for axis, group in zip(axes[0], groups):
-        for flow in group:
-            for server in dict.fromkeys(row["server"] for row in report["results"]):
-                rows = sorted(
-                    (r for r in report["results"] if (r["flow"], r["server"]) == (flow, server) and r["p50_ms"]),
-                    key=lambda r: r["concurrency"],
-                )
-                if not rows:
-                    continue
-                x = [r["concurrency"] for r in rows]
-                color = "tab:purple" if flow == "rag (no cache)" else colors.get(server)
-                label = f"{server}: {flow} p50"
-                axis.plot(x, [r["p50_ms"] for r in rows], marker="o", color=color, label=label)
-                axis.plot(x, [r["p99_ms"] for r in rows], ls="--", color=color, alpha=0.6)
-        axis.set_xscale("log", base=2)
-        axis.set_yscale("log")
-        axis.set_xlabel("concurrent clients")
-        axis.set_ylabel("latency (ms; solid p50, dashed p99)")
-        axis.set_title(" / ".join(group))
-        axis.grid(alpha=0.3, which="both")
-        axis.legend(fontsize=7)
-    figure.suptitle(f"OpenAI-style serving on {report['environment']['machine']['cpu_count']} CPUs, 1 thread each")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 # -- main ------------------------------------------------------------------------------------------------------------
@@ -290,6 +204,10 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="default", help="grit-hf checkpoint (default: the offline default model)")
     parser.add_argument("--smoke", action="store_true", help="tiny random model, no peer, few requests (CI)")
+    parser.add_argument(
+        "--grit-variants", nargs="+", default=list(GRIT_VARIANTS), choices=list(GRIT_VARIANTS),
+        help="grit-hf servers to start (dtype, batched decoding), each its own process",
+    )  # fmt: skip
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--requests", type=int, default=2, help="requests per client at each concurrency")
     parser.add_argument("--min-requests", type=int, default=4, help="at least this many requests per point")
@@ -318,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         args.no_peer = True
         args.concurrency = args.concurrency if argv and "--concurrency" in argv else [1, 2]
         args.max_tokens, args.docs, args.doc_sentences, args.min_requests = 8, 3, 2, 1
-    servers = [grit_server(args.model, args.threads)]
+        args.grit_variants = args.grit_variants if argv and "--grit-variants" in argv else ["bf16+batching"]
+    servers = [grit_server(args.model, args.threads, variant) for variant in args.grit_variants]
     gguf = args.gguf or default_gguf()
     if not args.no_peer:
         if gguf is None or not Path(args.peer_python).exists():
@@ -331,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average": tuple(round(v, 2) for v in os.getloadavg()),
         "config": {
             "label": "CPU smoke run, tiny random model" if args.smoke else "CPU",
-            "models": {"grit-hf": f"{args.model} (float32)"},
+            "models": {s.name: f"{args.model} ({GRIT_VARIANTS[s.name.split()[1]][0]})" for s in servers},
             "requests": {n: requests_per_client(n, args) for n in args.concurrency},
             "max_tokens": args.max_tokens,
             "docs": args.docs,
@@ -348,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for server in servers:
             report["startup_s"][server.name] = server.start(
-                "/health" if server.name == "grit-hf" else "/v1/models", args.start_timeout
+                "/health" if server.name.startswith("grit-hf") else "/v1/models", args.start_timeout
             )
             report["setup"].append(setup(server, corpus, args))
         with httpx.Client(timeout=args.request_timeout) as client:  # the documents' length in the model's tokens

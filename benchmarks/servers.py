@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 from report import REPO, tests_module
 
-__all__ = ["Server", "free_port", "grit_server", "llamacpp_server", "default_gguf", "tiny_model"]
+__all__ = ["GRIT_VARIANTS", "Server", "free_port", "grit_server", "llamacpp_server", "default_gguf", "tiny_model"]
 
 
 def free_port() -> int:
@@ -75,12 +75,23 @@ class Server:
                 self.process.wait()
 
 
-def grit_server(model: str, threads: int) -> Server:
+GRIT_VARIANTS = {  # name: (dtype, batched decoding)
+    "fp32": ("float32", False),
+    "bf16": ("bfloat16", False),
+    "bf16+batching": ("bfloat16", True),
+}
+
+
+def grit_server(model: str, threads: int, variant: str = "bf16+batching") -> Server:
+    """`grit-hf serve` in one of `GRIT_VARIANTS` (named `grit-hf VARIANT`)."""
+    dtype, batching = GRIT_VARIANTS[variant]
     port = free_port()
     command = [sys.executable, "-m", "grit_hf.cli", "serve", "--model", model, "--port", str(port)]
     command += ["--threads", str(threads), "--log-level", "warning", "--max-concurrent-generations", "16"]
-    command += ["--served-model-name", "grit", "--max-input-tokens", "2048"]
-    return Server("grit-hf", command, port, "grit", {"embeddings": {"cache": False}, "rag (no cache)": {}})
+    command += ["--served-model-name", "grit", "--max-input-tokens", "2048", "--dtype", dtype]
+    command += [] if batching else ["--no-batch-decoding"]
+    extra = {"embeddings": {"cache": False}, "rag (no cache)": {}}
+    return Server(f"grit-hf {variant}", command, port, "grit", extra)
 
 
 def llamacpp_server(python: str, gguf: str, threads: int) -> Server:

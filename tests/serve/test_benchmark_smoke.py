@@ -21,6 +21,6 @@ def test_serve_load_smoke_run(tmp_path):
     }
     assert all(row["errors"] == 0 and row["requests"] == 2 * row["concurrency"] for row in rows.values())
     assert rows["rag (cached)", 2]["mean_cached_tokens"] > 0 and rows["rag (no cache)", 2]["mean_cached_tokens"] == 0
-    assert (tmp_path / "smoke.png").stat().st_size > 0 and "| rag (cached) | grit-hf |" in (
+    assert (tmp_path / "smoke.png").stat().st_size > 0 and "| rag (cached) | grit-hf bf16+batching |" in (
         tmp_path / "smoke.md"
     ).read_text()
