@@ -80,9 +80,13 @@ def train(training_args, model_args):
     training_args.model_init_kwargs = None
     model = GritLMForCausalLM.from_pretrained(path, **model_kwargs)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    trainer = GRITTrainer(
-        model, args=training_args, processing_class=tokenizer, peft_config=get_peft_config(model_args)
-    )
+    peft_config = get_peft_config(model_args)
+    if training_args.init_adapter:  # continue an earlier run's adapter (its own LoRA settings win)
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, training_args.init_adapter, is_trainable=True)
+        peft_config = None
+    trainer = GRITTrainer(model, args=training_args, processing_class=tokenizer, peft_config=peft_config)
     trainer.train(resume_from_checkpoint=_resume_value(training_args.resume_from_checkpoint))
     trainer.save_model(training_args.output_dir)
     trainer.accelerator.wait_for_everyone()

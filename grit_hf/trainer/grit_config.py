@@ -103,6 +103,10 @@ class GRITConfig(SFTConfig):
             Use the passages of every process as negatives (autograd-aware all-gather; exact gradients).
         same_dataset_negatives (`bool`, *optional*, defaults to `False`):
             Build every embedding batch from one source, so in-batch negatives come from the same dataset.
+        init_adapter (`str`, *optional*):
+            A PEFT adapter folder (e.g. the committed adapter of an earlier run whose Trainer checkpoint is gone) that
+            the model starts from, trainable, instead of a new adapter. The optimizer and the schedule start afresh:
+            give a short warm-up and the remaining `max_steps`.
 
     > [!NOTE]
     > Differences from [`~trl.SFTConfig`]: the loss is the GRIT objective above; labels come from the data loader
@@ -149,6 +153,9 @@ class GRITConfig(SFTConfig):
         default=None, metadata={"help": "Turns embedding/retrieval records into questions: '... {query} ...'."}
     )
     cache_batch_size: int = field(default=4, metadata={"help": "Cache-loss examples per process and micro-step."})
+    init_adapter: str | None = field(
+        default=None, metadata={"help": "PEFT adapter folder to continue training from (fresh optimizer)."}
+    )
     cache_document_max_length: int | None = field(
         default=None, metadata={"help": "Tokens per cached part of the cache loss (None: `passage_max_length`)."}
     )

@@ -55,6 +55,25 @@ def test_grit_hf_train_with_cli_overrides(tiny_grit, tiny_data, tmp_path):
     assert (run / "modules.json").is_file()  # the final model is a sentence-transformers folder too
 
 
+def test_a_run_continues_from_an_adapter_with_a_fresh_optimizer(tiny_grit, tiny_data, tmp_path):
+    """`init_adapter`: a new run (say on a new machine, its Trainer checkpoint gone) starts from a committed adapter."""
+    from safetensors.torch import load_file
+
+    lora = ["--use_peft", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj", "--max_steps", "2"]
+    first = _recipe(tmp_path / "first.yaml", tiny_grit, tiny_data, output_dir=str(tmp_path / "first"))
+    assert cli.main(["train", "--config", str(first), *lora, "--learning_rate", "0.01"]) == 0
+    adapter = load_file(tmp_path / "first" / "adapter_model.safetensors")
+    assert any(float(t.abs().max()) > 0 for name, t in adapter.items() if "lora_B" in name)  # trained
+    second = _recipe(tmp_path / "second.yaml", tiny_grit, tiny_data, output_dir=str(tmp_path / "second"))
+    argv = ["train", "--config", str(second), "--init_adapter", str(tmp_path / "first"), "--max_steps", "1"]
+    assert cli.main([*argv, "--learning_rate", "0.0", "--warmup_steps", "0"]) == 0
+    continued = load_file(tmp_path / "second" / "adapter_model.safetensors")
+    assert continued.keys() == adapter.keys()
+    assert all(bool((continued[name] == weight).all()) for name, weight in adapter.items())  # lr 0: unchanged
+    state = json.loads((tmp_path / "second" / "checkpoint-1" / "trainer_state.json").read_text())
+    assert state["global_step"] == 1  # a fresh schedule
+
+
 def test_grit_hf_train_help(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "--help"])
