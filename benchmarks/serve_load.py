@@ -250,7 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         "load_average": tuple(round(v, 2) for v in os.getloadavg()),
         "config": {
             "label": "CPU smoke run, tiny random model" if args.smoke else "CPU",
-            "models": {s.name: f"{args.model} ({GRIT_VARIANTS[s.name.split()[1]][0]})" for s in servers},
+            "models": {
+                s.name: f"{args.model} ({GRIT_VARIANTS[s.name.split()[1]][0]})"
+                for s in servers
+                if s.name.startswith("grit-hf")
+            },
             "requests": {n: requests_per_client(n, args) for n in args.concurrency},
             "max_tokens": args.max_tokens,
             "docs": args.docs,

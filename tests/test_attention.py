@@ -117,3 +117,36 @@ def test_training_with_dropout_uses_the_explicit_mask(stock_checkpoint):
     logits = model(input_ids=ids[:, 5:], position_ids=torch.arange(5, 20)[None], cache=cache, use_cache=True).logits
     assert torch.isfinite(logits).all()
     model.eval()
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_low_precision_decode_steps_compute_sdpas_numbers_in_fp32(stock_checkpoint, monkeypatch, padded):
+    """A bf16 decode step on the CPU runs `_decode_attention` (fp32 matmuls), which gives the logits of transformers'
+    sdpa computing the same bf16 model in fp32 internally; grouped-query heads and a left-padding mask included."""
+    model = GritLMForCausalLM.from_pretrained(stock_checkpoint("llama"), dtype=torch.bfloat16).eval()  # 4 / 2 heads
+    ids = torch.randint(3, 300, (2, 16), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[1, :5] = 0
+    calls, real = [], attention._decode_attention
+    monkeypatch.setattr(attention, "_decode_attention", lambda *a: calls.append(a[0].shape) or real(*a))
+    steps = {}
+    for implementation in ("grit_sdpa", "sdpa"):
+        model.set_attn_implementation(implementation)
+        with torch.inference_mode():
+            cache = DynamicCache()
+            model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], cache=cache, use_cache=True)
+            positions = (mask.cumsum(1) - 1)[:, -1:]
+            steps[implementation] = model(
+                input_ids=ids[:, -1:], attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+            ).logits.float()
+    model.set_attn_implementation("grit_sdpa")
+    assert calls and all(shape[2] == 1 for shape in calls)  # the decode step, in every layer
+    torch.testing.assert_close(steps["grit_sdpa"], steps["sdpa"], rtol=0, atol=0.05)  # bf16 rounding of the output
+    reference = torch.nn.functional.scaled_dot_product_attention
+    query, key, value = (torch.randn(1, heads, length, 8) for heads, length in ((4, 1), (2, 30), (2, 30)))
+    expected = reference(query, key, value, enable_gqa=True).transpose(1, 2)
+    got = attention._decode_attention(query.bfloat16(), key.bfloat16(), value.bfloat16(), None, None).float()
+    rounded = reference(query.bfloat16().float(), key.bfloat16().float(), value.bfloat16().float(), enable_gqa=True)
+    torch.testing.assert_close(got, rounded.transpose(1, 2), rtol=0, atol=1e-2)  # fp32 math of the bf16 inputs
+    assert (got - expected).abs().max() < 0.05

@@ -61,18 +61,32 @@ def test_rag_latency_runs_on_a_tiny_model_and_reports_fidelity(grit_checkpoint, 
     assert "token F1 / exact match" in output.with_suffix(".md").read_text()
 
 
-@pytest.mark.parametrize("script", ["decode_engine", "gradcache_memory"])
+@pytest.mark.parametrize("script", ["decode_engine", "gradcache_memory", "decode_profile"])
 def test_benchmark_scripts_run_in_a_tiny_configuration(script, grit_checkpoint, tmp_path):
     module = load_benchmark(script)
     output = tmp_path / script
     if script == "decode_engine":
         argv = ["--model", str(grit_checkpoint("llama")), "--lengths", "20", "--runs", "1", "--new-tokens", "3"]
+    elif script == "decode_profile":
+        argv = [
+            "--model",
+            str(grit_checkpoint("llama")),
+            "--batches",
+            "1",
+            "3",
+            "--prompt-tokens",
+            "12",
+            "--steps",
+            "2",
+        ]
     else:
         argv = ["--model", str(grit_checkpoint("llama")), "--batch-sizes", "4", "8", "--chunk-size", "2"]
     assert module.main([*argv, "--output", str(output)]) in (0, None)
     report = json.loads(output.with_suffix(".json").read_text())
     if script == "decode_engine":
         assert all(row["same_tokens"] for row in report["rows"])  # both engines decode the same greedy tokens
+    if script == "decode_profile":
+        assert len(report["points"]) == 4 and all(0 < p["operators_ms"] <= p["step_ms"] for p in report["points"])
     assert output.with_suffix(".md").is_file()
 
 
