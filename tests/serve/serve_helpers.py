@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import socket
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["API_KEY", "SMALL_LIMITS", "RunningServer", "free_port", "start_server", "slow_generation"]
+__all__ = ["API_KEY", "SMALL_LIMITS", "RunningServer", "free_port", "start_server", "slow_generation", "log_records"]
 
 API_KEY = "test-key"
 
@@ -108,3 +110,22 @@ def slow_generation(monkeypatch, running: RunningServer, delay: float) -> thread
 
     monkeypatch.setattr(rag, "generate", generate)
     return closed
+
+
+SERVER_LOGGERS = ("grit_hf", "grit_hf.serve", "uvicorn", "uvicorn.error")
+
+
+@contextlib.contextmanager
+def log_records(level: int = logging.WARNING, names=SERVER_LOGGERS):
+    """The records of `level` and above that the server's loggers emit meanwhile (a list, filled as they come)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(level)
+    handler.emit = records.append
+    loggers = [logging.getLogger(name) for name in names]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)

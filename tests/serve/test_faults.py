@@ -4,14 +4,13 @@ error format, one log line, no traceback) or recovers; the other requests go on;
 
 from __future__ import annotations
 
-import logging
 import shutil
 import threading
 
 import httpx
 import pytest
 from safetensors import SafetensorError
-from serve_helpers import start_server
+from serve_helpers import log_records, start_server
 
 import grit_hf.cache.disk as disk_module
 
@@ -36,15 +35,8 @@ def disk_server(grit_checkpoint, tmp_path_factory):
 
 @pytest.fixture
 def log_lines():
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append
-    loggers = [logging.getLogger(name) for name in ("grit_hf.serve", "uvicorn.error", "grit_hf")]
-    for logger in loggers:
-        logger.addHandler(handler)
-    yield records
-    for logger in loggers:
-        logger.removeHandler(handler)
+    with log_records() as records:
+        yield records
 
 
 def _chat(server, content: str, **extra) -> httpx.Response:

@@ -3,6 +3,7 @@ truncated, the name the server was started with, and Ctrl-C / SIGTERM."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -12,7 +13,7 @@ import time
 
 import httpx
 import pytest
-from serve_helpers import free_port, start_server
+from serve_helpers import free_port, log_records, start_server
 
 SURROGATE_BODY = b'{"documents": [{"text": "caf\\ud800"}]}'
 
@@ -53,15 +54,8 @@ def long_server(grit_checkpoint, caplog_module, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def caplog_module():
-    import logging
-
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger = logging.getLogger("grit_hf.serve")
-    logger.addHandler(handler)
-    yield records
-    logger.removeHandler(handler)
+    with log_records(logging.INFO, ("grit_hf.serve",)) as records:
+        yield records
 
 
 def _text_of(tokenizer, count: int) -> str:

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from serve_helpers import log_records
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 LIMITS = {"max_inputs": 8, "max_input_tokens": 64, "max_tokens": 512}  # SMALL_LIMITS of serve_helpers
@@ -112,15 +113,8 @@ def _body(fields: dict, extra: dict) -> bytes:
 @pytest.fixture(scope="module")
 def server_errors():
     """ERROR records of the server's loggers (a 500 is logged with its traceback)."""
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.ERROR)
-    handler.emit = records.append
-    loggers = [logging.getLogger(name) for name in ("grit_hf.serve", "uvicorn.error", "uvicorn")]
-    for logger in loggers:
-        logger.addHandler(handler)
-    yield records
-    for logger in loggers:
-        logger.removeHandler(handler)
+    with log_records(logging.ERROR) as records:
+        yield records
 
 
 SUCCEEDED: dict[str, int] = {}  # 2xx answers by endpoint, so that the last test can check some requests were valid
