@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from importlib import resources
 
+import torch
 from transformers.utils import logging
 
 from .records.files import read_records
@@ -86,5 +87,10 @@ def run_demo(
         f"not re-read): {cached.text!r}",
         started,
     )
+    if cached.text != plain.text and cache_attention != "bidirectional" and grit.dtype != torch.float32:
+        print(
+            f"  (causal cached states continue plain RAG exactly in float32; in {str(grit.dtype).removeprefix('torch.')}"
+            " the two passes round differently and a close call between tokens can go the other way: --dtype float32)"
+        )
     print(f"done in {time.perf_counter() - total:.1f}s")
     return 0

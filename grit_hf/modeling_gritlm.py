@@ -21,6 +21,7 @@ from transformers.configuration_utils import PreTrainedConfig
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 from transformers.utils import logging
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .attention import ATTENTION_NAME
 from .cache.states import KVStates, split_batch_cache
@@ -317,6 +318,8 @@ class GritLMForCausalLM(GritLMPreTrainedModel, GenerationMixin):
     """The generative entry point (`AutoModelForCausalLM`): `forward` is the base decoder's causal LM forward, so
     `generate()` matches the base model token for token; `encode()` embeds with the same weights."""
 
+    # transformers' own models take the cache's former name too (and drop it, with a warning, next to `cache=None`).
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -337,6 +340,7 @@ class GritLMForCausalLM(GritLMPreTrainedModel, GenerationMixin):
                 is_causal, **kwargs,
             )  # fmt: skip
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def causal_lm_forward(
         self,
         input_ids: torch.LongTensor | None = None,

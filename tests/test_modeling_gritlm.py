@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 import pytest
 import torch
 from tiny import FAMILIES, PARITY
 from torch.testing import assert_close
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from grit_hf import GritLMConfig, GritLMForCausalLM, GritLMModel
 
@@ -77,6 +78,26 @@ def test_generation_is_the_base_model(family, stock_checkpoint, grit_checkpoint)
         assert_close(grit(**ids).logits, stock(**ids).logits, rtol=0, atol=0)
     kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=grit.tokenizer.pad_token_id)
     assert torch.equal(grit.generate(**ids, **kwargs), stock.generate(**ids, **kwargs))
+
+
+@pytest.mark.parametrize("name", ["cache", "past_key_values"])
+def test_continuing_from_a_cache_is_the_base_model(name, stock_checkpoint, grit_checkpoint):
+    """A prompt continued from a cache, under the cache argument's new name and its former one (which transformers'
+    own models still take): the logits of the base model continuing the same way."""
+    stock = AutoModelForCausalLM.from_pretrained(stock_checkpoint("llama")).eval()
+    grit = AutoModelForCausalLM.from_pretrained(grit_checkpoint("llama")).eval()
+    ids = grit.tokenizer("The capital of France is a city on the Seine", return_tensors="pt").input_ids
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        logits = {}
+        for label, model in (("stock", stock), ("grit", grit)):
+            cache = DynamicCache(config=model.config)
+            model(ids[:, :4], **{name: cache})
+            logits[label] = model(ids[:, 4:], **{name: cache}).logits
+        full = stock(ids).logits[:, 4:]
+    # (grit_sdpa attends from new tokens to cached ones without a mask: the same numbers up to rounding)
+    assert_close(logits["grit"], logits["stock"], rtol=1e-5, atol=1e-5)
+    assert_close(logits["grit"], full, rtol=1e-5, atol=1e-5)
 
 
 def test_family_with_other_weight_names_loads_ties_and_reloads(stock_checkpoint, tmp_path):
