@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 import grit_hf.cache.disk as disk_module
 from grit_hf.cache import CacheEntryError, DiskKVStore, Fingerprint, KVStates, MemoryKVStore, cache_from_layers
 from grit_hf.cache.entries import checksum
+from grit_hf.cli import main as cli_main
 
 LAYOUT = "layers=2;kv_heads=2;head_dim=8;vocab=100"
 FINGERPRINT = Fingerprint("tiny", "c", "w", "t", "torch.float32", "<|embed|>\n", "bidirectional", LAYOUT)
@@ -167,6 +168,16 @@ def test_version_1_entries_without_checksums_are_read_only_when_asked_or_after_a
     _flip_a_data_byte(store.path_for("a"))
     with pytest.raises(CacheEntryError, match="checksums"):
         DiskKVStore(store.directory, fingerprint=FINGERPRINT).get("a")
+
+
+def test_the_cache_upgrade_command_rewrites_old_entries(store, tmp_path, capsys):
+    tensors = _tensors(_states())
+    _write(store, "a", tensors, format="grit_hf.kv/1", checksums="")
+    assert cli_main(["cache", "upgrade", str(store.directory)]) == 0
+    assert "1 entry rewritten with checksums" in capsys.readouterr().out
+    assert torch.equal(store.get("a").layers()[1][0], tensors["layers.1.keys"])
+    with pytest.raises(SystemExit, match="grit-hf cache: No such directory: .*missing"):
+        cli_main(["cache", "upgrade", str(tmp_path / "missing")])
 
 
 def test_rewriting_the_format_to_version_1_does_not_switch_the_checksums_off(store):
