@@ -72,6 +72,16 @@ def _trainer_state(adapter: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _training_line(report: dict) -> str:
+    train = report["training"]
+    if train["seconds"] is None:  # --adapter: trained by another process (its steps and losses are in its checkpoint)
+        return f"Training: {train['steps']} steps, trained elsewhere (`--adapter`); adapter {train['adapter_mb']} MB."
+    return (
+        f"Training: {train['steps']} steps in {train['seconds']} s, peak memory {train['peak_memory_mb']} MiB "
+        f"({train['peak_memory_measure']}); adapter {train['adapter_mb']} MB."
+    )
+
+
 def _markdown(report: dict) -> str:
     before, after, train = report["before"], report["after"], report["training"]
     rows = [
@@ -93,11 +103,11 @@ def _markdown(report: dict) -> str:
         lines += ["> **Smoke run**: a few steps on tiny data; the figures only show that the pipeline runs.", ""]
     lines += [
         f"- date: {report['date']}", f"- machine: {report['machine']}", f"- versions: {report['versions']}",
-        f"- command: `{report['command']}`", f"- recipe: `{report['recipe']}` + overrides `{report['overrides']}`",
+        f"- command: `{report['command']}`",
+        f"- recipe: `{report['recipe']}`" + (f" + overrides `{report['overrides']}`" if report["overrides"] else ""),
         f"- evaluation: {report['eval_set']}", "", "| | base | trained |", "|---|---:|---:|",
         *(f"| {name} | {b} | {a} |" for name, b, a in rows), "",
-        f"Training: {train['steps']} steps in {train['seconds']} s, peak memory {train['peak_memory_mb']} MiB "
-        f"({train['peak_memory_measure']}); adapter {train['adapter_mb']} MB.", "",
+        _training_line(report), "",
         f"Probe `{before['probe']['prompt']}`:", f"- base: {before['probe']['answer']!r}",
         f"- trained: {after['probe']['answer']!r}", "",
         "Loss curve (step, loss_rep, loss_gen, loss_cache): " + ", ".join(
@@ -187,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         "label": ("smoke run, " if args.smoke else "") + ("GPU" if cuda else "CPU"),
         "smoke": args.smoke,
         "command": "python benchmarks/train_default_model.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "recipe": os.path.relpath(args.recipe, REPO), "overrides": overrides,
+        "recipe": os.path.relpath(args.recipe, REPO), "overrides": [] if args.adapter else overrides,
         "eval_set": f"manpages/eval: {len(eval_data.qrels)} queries, {len(eval_data.corpus)} documents; lmtext: "
         f"{len(passages)} passages; fidelity: {len(examples)} held-out man pages, doc mode, 32 new tokens",
         "before": before, "after": after,
