@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from benchmark_scripts import load_benchmark
+from transformers import AutoModelForCausalLM
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -117,3 +118,22 @@ def test_dtype_quality_runs_on_a_tiny_model(grit_checkpoint, shared_data, tmp_pa
     assert 0.9 < report["retrieval"]["cosine_min"] <= report["retrieval"]["cosine_mean"] <= 1 + 1e-6
     assert report["reference_parity"]["fp32_max_abs_diff_grit_hf_vs_reference"] <= 1e-5
     assert report["answers"]["identical"]["doc"].endswith("/2")
+
+
+def test_bf16_residual_probe_runs_on_a_tiny_model(grit_checkpoint, shared_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("GRIT_HF_DATA", str(shared_data))
+    probe = load_benchmark("bf16_residual_probe")
+    model = AutoModelForCausalLM.from_pretrained(grit_checkpoint("llama")).eval()
+    ids = model.tokenizer("The capital of France", return_tensors="pt").input_ids
+    with torch.no_grad():
+        fp32 = model(ids).logits
+        patched = probe.bf16_matmuls(model)
+        assert patched.lm_head.weight.dtype == torch.float32  # the LM head and everything but the matmuls stay fp32
+        assert {m.weight.dtype for m in patched.modules() if isinstance(m, probe.Bf16MatmulLinear)} == {torch.bfloat16}
+        mixed = patched(ids).logits
+    assert mixed.dtype == torch.float32 and 0 < (mixed - fp32).abs().max() < 0.05
+    output = tmp_path / "probe"
+    argv = ["--model", str(grit_checkpoint("llama")), "--questions", "1", "--new-tokens", "3", "--output", str(output)]
+    assert probe.main(argv) == 0
+    rows = json.loads(output.with_suffix(".json").read_text())["rows"]
+    assert [r["variant"] for r in rows][:2] == ["float32", "bfloat16"] and rows[0]["identical_to_fp32"] == "2/2"
