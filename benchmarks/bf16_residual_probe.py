@@ -21,6 +21,7 @@ import sys
 import time
 
 import torch
+from dtype_quality import greedy_answers
 from report import data_folder, environment, write_report
 
 __all__ = ["main"]
@@ -49,16 +50,12 @@ def bf16_matmuls(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def answers(model, examples, new_tokens: int) -> tuple[list[str], float]:
-    """Greedy doc-cached and plain RAG answers (causal caches, one document each), and the seconds they took."""
-    from grit_hf import GritRAG
-
-    rag = GritRAG(model, cache_attention="causal", verify_positions=False)
-    texts, start = [], time.perf_counter()
-    for example in examples:
-        ids = rag.add_documents(list(example.documents)[:1])
-        for mode in ("doc", "rag_doc_query"):
-            texts.append(rag.answer(example.question, mode=mode, doc_ids=ids, max_new_tokens=new_tokens).text)
-    return texts, time.perf_counter() - start
+    """`dtype_quality.greedy_answers`, doc-cached then plain RAG for each question, and the seconds they took."""
+    start = time.perf_counter()
+    by_mode = greedy_answers(model, examples, new_tokens)
+    return [
+        text for pair in zip(by_mode["doc"], by_mode["rag_doc_query"]) for text in pair
+    ], time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,7 +55,8 @@ def _retrieval(model, data, max_length: int) -> tuple[dict, torch.Tensor, float]
     return {k: round(v, 4) for k, v in metrics.items()}, retriever.embeddings, time.perf_counter() - start
 
 
-def _answers(model, examples, new_tokens: int) -> dict[str, list[str]]:
+def greedy_answers(model, examples, new_tokens: int) -> dict[str, list[str]]:
+    """Greedy doc-cached and plain RAG answers to each example's question (causal caches, its first document)."""
     from grit_hf import GritRAG
 
     rag = GritRAG(model, cache_attention="causal", verify_positions=False)
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(path, device="cpu", dtype=name)
         metrics, embeddings[name], seconds = _retrieval(model, data, args.max_length)
         retrieval[name] = {**metrics, "seconds": round(seconds, 1)}
-        answers[name] = _answers(model, examples, args.new_tokens)
+        answers[name] = greedy_answers(model, examples, args.new_tokens)
     cosine = torch.nn.functional.cosine_similarity(embeddings["float32"], embeddings["bfloat16"])
     retrieval.update(
         texts=len(cosine), cosine_mean=round(float(cosine.mean()), 6), cosine_min=round(float(cosine.min()), 6)
