@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 from ..configuration_gritlm import GritLMConfig
@@ -48,7 +49,9 @@ def merge_adapter_checkpoint(base: Path, adapter_dir: Path, output_dir: Path) ->
         setattr(config, key, value)
     config._check_grit_settings()
     stock = AutoModelForCausalLM.from_pretrained(base, config=config.text_config)
-    merged = PeftModel.from_pretrained(stock, str(adapter_dir)).merge_and_unload()
+    with warnings.catch_warnings():  # peft reads a property transformers 5.x deprecated: theirs, not the user's
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        merged = PeftModel.from_pretrained(stock, str(adapter_dir)).merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(base)
     output_dir = Path(output_dir)
     merged.save_pretrained(output_dir, safe_serialization=True)
