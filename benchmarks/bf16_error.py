@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from report import environment, write_report
+from report import command_line, environment, write_report
 
 __all__ = ["bf16_errors", "TEXTS", "INSTRUCTION", "main"]
 TEXTS = [
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         path = Path(args.model)
     rows = {attn: bf16_errors(path, attn, args.device) for attn in args.attn}
     report = environment("transformers", "gritlm") | {
-        "command": "python benchmarks/bf16_error.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line(__file__, argv),
         "model": str(args.model),
         "device": args.device,
         "texts_chars": [len(t) for t in TEXTS],

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 import torch
 from dtype_quality import greedy_answers
-from report import data_folder, environment, write_report
+from report import command_line, data_folder, environment, write_report
 
 __all__ = ["main"]
 
@@ -88,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         print(rows[-1], flush=True)
     report = {
         **environment("transformers"), "threads": args.threads, "load_average": load,
-        "command": "python benchmarks/bf16_residual_probe.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line(__file__, argv),
         "questions": len(examples), "new_tokens": args.new_tokens, "rows": rows,
     }  # fmt: skip
     lines = [

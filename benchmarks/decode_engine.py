@@ -18,12 +18,10 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
-from report import environment, write_report
+from report import command_line, environment, write_report
 
 SENTENCE = "The Seine flows through Paris before it reaches the English Channel at Le Havre. "
 
@@ -126,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     report = {
         "environment": environment("transformers", "grit-hf"),
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
+        "command": command_line(__file__, argv),
         "settings": {k: v for k, v in vars(args).items() if k != "output"},
         **result,
     }

@@ -15,7 +15,7 @@ import argparse
 import time
 
 import torch
-from report import environment, write_report
+from report import command_line, environment, write_report
 
 __all__ = ["main"]
 
@@ -85,7 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
-    import sys
 
     from grit_hf import load_model
 
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             points.append({"dtype": dtype, **profile_point(model, batch, args.prompt_tokens, args.steps)})
     report = {
         **environment("transformers"), "threads": args.threads, "points": points,
-        "command": "python benchmarks/decode_profile.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line(__file__, argv),
     }  # fmt: skip
     write_report(args.output, report, _markdown(report))
     return 0

@@ -21,12 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import time
 from pathlib import Path
 
 from grit_finetune_smollm2 import evaluate, retrieval_data
-from report import data_folder, environment
+from report import command_line, data_folder, environment
 from train_default_model import fidelity
 
 __all__ = ["main"]
@@ -168,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     report.update(environment("transformers", "peft"))
     report.update({
         "label": args.label, "training_command": args.training_command,
-        "command": "python benchmarks/default_model_curve.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line(__file__, argv),
         "eval_set": f"manpages/eval {len(data.qrels)} queries / {len(data.corpus)} documents; lmtext {len(passages)} "
         f"passages; doc caching on the first {len(examples)} manpages/eval pages; {args.dtype}",
     })  # fmt: skip

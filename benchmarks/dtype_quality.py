@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from grit_finetune_smollm2 import retrieval_data
-from report import data_folder, environment, write_report
+from report import command_line, data_folder, environment, write_report
 
 __all__ = ["main"]
 
@@ -163,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     texts = list(data.corpus.values())[: args.parity_texts]
     report = {
         **environment("transformers"), "threads": args.threads, "load_average": load,
-        "command": "python benchmarks/dtype_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line(__file__, argv),
         "retrieval": retrieval,
         "answers": {"questions": len(examples), "new_tokens": args.new_tokens, "identical": identical,
                     "f1_of_different": different, "texts": answers},

@@ -28,14 +28,13 @@ import json
 import os
 import platform
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from report import data_folder
+from report import command_line, data_folder
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -268,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "command": command_line(__file__, argv),
         "machine": {
             "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),

@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import shlex
 import subprocess
 import sys
 import time
 
-from report import environment, write_report
+from report import command_line, environment, write_report
 
 __all__ = ["main"]
 
@@ -196,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     on_cuda = args.device.startswith("cuda")
     report = {
         **environment("transformers", "trl", "accelerate"),
-        "command": "python benchmarks/gradcache_memory.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line(__file__, argv),
         "model": model, "query_length": args.query_length, "passage_length": args.passage_length,
         "memory_measure": "torch.cuda.max_memory_allocated during the step" if on_cuda else
         "CPU: growth of peak RSS (ru_maxrss) over the RSS after model load + warm-up, fresh process per row",

@@ -33,12 +33,10 @@ import json
 import math
 import os
 import random
-import shlex
-import sys
 import time
 from pathlib import Path
 
-from report import REPO, data_folder, environment, peak_memory_mib, write_report
+from report import REPO, command_line, data_folder, environment, peak_memory_mib, write_report
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -240,8 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         **environment("transformers", "trl", "peft", "accelerate"),
         "label": ("CPU smoke run" if not cuda else "GPU smoke run") if smoke else ("GPU run" if cuda else "CPU run"),
         "smoke": smoke,
-        "command": "python benchmarks/grit_finetune_smollm2.py "
-        + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line(__file__, argv),
         "recipe": os.path.relpath(args.recipe, REPO), "overrides": overrides,
         "eval_set": f"manpages/eval: {len(data.qrels)} queries, {len(data.corpus)} documents (truncated to 256 "
         f"tokens); lmtext: {len(passages)} passages (up to 512 tokens)",

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from functools import partial
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import torch
 from rag_latency import text_of_tokens, time_mode
-from report import REPO, data_folder, environment, evict_from_page_cache, write_report
+from report import command_line, data_folder, environment, evict_from_page_cache, write_report
 
 DATA = data_folder() / "manpages" / "eval"
 
@@ -365,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     model = load_model(args.model, device="cpu", dtype=args.dtype)
     report = {
-        "command": "python " + " ".join([sys.argv[0].replace(str(REPO) + "/", ""), *sys.argv[1:]]),
+        "command": command_line(__file__, argv),
         "environment": environment("transformers", "safetensors"),
         "threads": torch.get_num_threads(),
         "model": "default (SmolLM2-135M-Instruct as a GRIT checkpoint)" if args.model == "default" else args.model,

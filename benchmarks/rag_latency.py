@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 from models import load_benchmark_model
-from report import REPO, evict_from_page_cache
+from report import REPO, command_line, evict_from_page_cache
 from report import SENTENCES as REPORT_SENTENCES
 
 MODES = ["none", "rag_query_doc", "rag_doc_query", "query", "doc", "query_doc", "doc_query"]
@@ -222,7 +222,7 @@ def ratios(rows: list[dict], length: int) -> dict[str, float]:
     return out
 
 
-def write_outputs(args, results: dict, started: str) -> None:
+def write_outputs(args, results: dict, started: str, argv: list[str] | None = None) -> None:
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     import transformers
@@ -238,7 +238,7 @@ def write_outputs(args, results: dict, started: str) -> None:
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
         "load_average_at_start": os.getloadavg(),
     }
-    meta = {"date": started, "command": "python " + " ".join(sys.argv), "machine": machine, "args": vars(args)}
+    meta = {"date": started, "command": command_line(__file__, argv), "machine": machine, "args": vars(args)}
     Path(f"{output}.json").write_text(json.dumps({**meta, **results}, indent=2, sort_keys=True))
     attention = next((r["cache_attention"] for r in results["rows"] if r["cache_attention"]), args.cache_attention)
     lines = [
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
         print("note: the reported medians use fewer than 5 runs", file=sys.stderr)
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     results = run(args)
-    write_outputs(args, results, started)
+    write_outputs(args, results, started, argv)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,19 @@ import importlib.metadata
 import json
 import os
 import platform
+import shlex
 import sys
 from pathlib import Path
 
-__all__ = ["REPO", "environment", "write_report", "data_folder", "tests_module", "evict_from_page_cache"]
+__all__ = [
+    "REPO",
+    "command_line",
+    "environment",
+    "write_report",
+    "data_folder",
+    "tests_module",
+    "evict_from_page_cache",
+]
 
 REPO = Path(__file__).resolve().parent.parent
 """The repository. Benchmarks run as scripts (`python benchmarks/NAME.py`), so this folder is on `sys.path` and they
@@ -49,6 +58,12 @@ def environment(*packages: str) -> dict:
         "machine": {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(), "gpu": gpu},
         "versions": versions,
     }
+
+
+def command_line(script: str, argv: list[str] | None = None) -> str:
+    """How a benchmark was run, for its report: `python benchmarks/NAME.py ARGS`, quoted for a shell (`argv`, else
+    the process's own arguments)."""
+    return "python " + shlex.join([f"benchmarks/{Path(script).name}", *(sys.argv[1:] if argv is None else argv)])
 
 
 def write_report(prefix: str | os.PathLike | None, report: dict, markdown: str) -> None:

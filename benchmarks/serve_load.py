@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import statistics
 import sys
 import tempfile
@@ -46,7 +45,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from report import SENTENCES, environment, write_report
+from report import SENTENCES, command_line, environment, write_report
 from serve_report import markdown, plot
 from servers import GRIT_VARIANTS, Server, default_gguf, grit_server, llamacpp_server, tiny_model
 
@@ -245,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         servers.append(llamacpp_server(args.peer_python, gguf, args.threads))
     corpus = Corpus(make_documents(args.docs, args.doc_sentences))
     report = {
-        "command": "python benchmarks/serve_load.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "command": command_line(__file__, argv),
         "environment": environment("transformers", "fastapi", "uvicorn", "httpx"),
         "load_average": tuple(round(v, 2) for v in os.getloadavg()),
         "config": {

@@ -25,13 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import shutil
-import sys
 from pathlib import Path
 
 from grit_finetune_smollm2 import evaluate, retrieval_data, timed_train
-from report import REPO, data_folder, environment, write_report
+from report import REPO, command_line, data_folder, environment, write_report
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "grit_config.json")
 
@@ -196,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         **environment("transformers", "trl", "peft", "accelerate"),
         "label": ("smoke run, " if args.smoke else "") + ("GPU" if cuda else "CPU"),
         "smoke": args.smoke,
-        "command": "python benchmarks/train_default_model.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line(__file__, argv),
         "recipe": os.path.relpath(args.recipe, REPO), "overrides": [] if args.adapter else overrides,
         "eval_set": f"manpages/eval: {len(eval_data.qrels)} queries, {len(eval_data.corpus)} documents; lmtext: "
         f"{len(passages)} passages; fidelity: {len(examples)} held-out man pages, doc mode, 32 new tokens",

@@ -137,3 +137,10 @@ def test_bf16_residual_probe_runs_on_a_tiny_model(grit_checkpoint, shared_data, 
     assert probe.main(argv) == 0
     rows = json.loads(output.with_suffix(".json").read_text())["rows"]
     assert [r["variant"] for r in rows][:2] == ["float32", "bfloat16"] and rows[0]["identical_to_fp32"] == "2/2"
+
+
+def test_reports_record_the_command_as_a_shell_would_run_it():
+    report = load_benchmark("report")
+    assert report.command_line("/anywhere/benchmarks/rag_latency.py", ["--lengths", "12", "--label", "a b"]) == (
+        "python benchmarks/rag_latency.py --lengths 12 --label 'a b'"
+    )
