@@ -64,6 +64,18 @@ def fidelity(model, examples, latency: bool = False) -> dict:
     return out
 
 
+def export_adapter(adapter: Path, target: Path) -> None:
+    """Copy the adapter's `ADAPTER_FILES` to `target`, recording its base as `default-base` (the name grit-hf
+    resolves on any machine) instead of the training machine's folder."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ADAPTER_FILES:
+        shutil.copy2(adapter / name, target / name)
+    config_path = target / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = "default-base"
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def _trainer_state(adapter: Path) -> dict:
     """The `trainer_state.json` saved with an adapter's Trainer checkpoint (`{}` without one)."""
     path = adapter / "trainer_state.json"
@@ -180,10 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         "fidelity": fidelity(trained, examples, True),
     }
     if args.export_adapter:
-        target = Path(args.export_adapter)
-        target.mkdir(parents=True, exist_ok=True)
-        for name in ADAPTER_FILES:
-            shutil.copy2(adapter / name, target / name)
+        export_adapter(adapter, Path(args.export_adapter))
     state = trainer.state if trainer is not None else _trainer_state(adapter)
     history = (
         [e for e in state.get("log_history", []) if "loss" in e]

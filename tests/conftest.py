@@ -160,6 +160,14 @@ def default_model_dir():
 
 
 @pytest.fixture(scope="session")
+def default_base_dir(default_model_dir):
+    """The untrained default model's GRIT checkpoint (`default-base`: SmolLM2-135M-Instruct converted, no adapter)."""
+    from grit_hf.folders.default_model import default_base_path
+
+    return default_base_path()
+
+
+@pytest.fixture(scope="session")
 def default_model(default_model_dir):
     from grit_hf import GritLMForCausalLM
 

@@ -57,21 +57,23 @@ def test_default_model_answers_and_embeds(default_model):
     assert np.isfinite(documents).all()
 
 
-def test_default_model_generates_like_the_gguf_base(default_model):
-    """The converted checkpoint's logits equal the GGUF-loaded base model's."""
+def test_default_model_generates_like_the_gguf_base(default_base_dir):
+    """The converted checkpoint (`default-base`) gives the GGUF-loaded base model's logits."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from grit_hf import GritLMForCausalLM
     from grit_hf.folders.default_model import GGUF_FILE, _gguf_folder
 
+    converted = GritLMForCausalLM.from_pretrained(default_base_dir, dtype=torch.float32).eval()
     base = AutoModelForCausalLM.from_pretrained(_gguf_folder(), gguf_file=GGUF_FILE, dtype=torch.float32).eval()
-    ids = default_model.tokenizer("The capital of France is", return_tensors="pt")
+    ids = converted.tokenizer("The capital of France is", return_tensors="pt")
     with torch.no_grad():
-        torch.testing.assert_close(default_model(**ids).logits, base(**ids).logits, rtol=0, atol=1e-5)
+        torch.testing.assert_close(converted(**ids).logits, base(**ids).logits, rtol=0, atol=1e-5)
 
 
 @pytest.mark.slow
-def test_a_shipped_adapter_makes_the_default_model(default_model_dir, tmp_path, monkeypatch):
+def test_a_shipped_adapter_makes_the_default_model(default_base_dir, tmp_path, monkeypatch):
     """With a trained adapter (here a tiny random LoRA on q_proj, marked as trained for cached generation),
     `default` is the base with the adapter merged in, built once into the cache; `default-base` stays the base."""
     import json
@@ -83,8 +85,8 @@ def test_a_shipped_adapter_makes_the_default_model(default_model_dir, tmp_path, 
     from grit_hf import GritLMConfig, GritLMForCausalLM, GritRAG, load_model
     from grit_hf.folders import default_model as module
 
-    config = GritLMConfig.from_pretrained(default_model_dir)
-    stock = AutoModelForCausalLM.from_pretrained(default_model_dir, config=config.text_config)
+    config = GritLMConfig.from_pretrained(default_base_dir)
+    stock = AutoModelForCausalLM.from_pretrained(default_base_dir, config=config.text_config)
     torch.manual_seed(0)
     lora = get_peft_model(stock, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
     adapter = tmp_path / "adapter"
@@ -94,7 +96,7 @@ def test_a_shipped_adapter_makes_the_default_model(default_model_dir, tmp_path, 
 
     home = tmp_path / "home"
     home.mkdir()
-    (home / module.DEFAULT_MODEL_NAME).symlink_to(default_model_dir, target_is_directory=True)
+    (home / module.DEFAULT_MODEL_NAME).symlink_to(default_base_dir, target_is_directory=True)
     monkeypatch.setenv("GRIT_HF_HOME", str(home))
     monkeypatch.setenv("GRIT_HF_DEFAULT_ADAPTER", str(adapter))
     merged = default_model_path()

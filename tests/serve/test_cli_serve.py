@@ -67,7 +67,8 @@ def test_serve_model_default_answers_offline(default_model_dir):
     try:
         client = running.openai()
         served, started_as = [model.id for model in client.models.list().data]
-        assert (served, started_as) == ("SmolLM2-135M-Instruct-grit", "default")  # the --model string too (vLLM)
+        # the checkpoint folder's name (the base's, or the trained one's) and the --model string too (as vLLM does)
+        assert (served, started_as) == (default_model_dir.name, "default")
         text = "chgrp changes the group ownership of each file."
         vector = client.embeddings.create(model="default", input=[text]).data[0].embedding
         expected = load_model("default", device="cpu").encode([text])[0]
