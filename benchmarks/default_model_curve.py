@@ -124,10 +124,10 @@ def _plot(report: dict, path: Path) -> None:
         axis.plot(steps, [p[key] for p in points], marker="o")
         if goal is not None:
             axis.axhline(goal, color="grey", linestyle="--", linewidth=1, label=f"goal {goal}")
-            axis.legend(loc="center right")  # the curves stay clear of it
         if key == "heldout_loss" and points and points[0]["step"] == 0:
             axis.axhline(points[0][key] * 1.05, color="grey", linestyle="--", linewidth=1, label="base + 5%")
-            axis.legend(loc="center right")
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(loc="center right")  # the curves stay clear of it
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("training step")
     figure.suptitle(f"default model, {report['label']}", fontsize=10)
