@@ -18,6 +18,7 @@ from .sentence_transformers import write_checkpoint_files
 __all__ = [
     "ADAPTER_GRIT_CONFIG",
     "adapter_settings",
+    "expand_adapter_rank",
     "merge_adapter_checkpoint",
     "recorded_base_model",
 ]
@@ -72,3 +73,46 @@ def recorded_base_model(adapter_dir: str | os.PathLike) -> str:
     if not base_model:
         raise ValueError(f"{config_path} names no base model: pass `base_model`.")
     return base_model
+
+
+def expand_adapter_rank(adapter_dir: str | os.PathLike, output_dir: str | os.PathLike, rank: int, seed: int = 0) -> Path:
+    """Write a LoRA adapter of a higher `rank` that computes exactly what the adapter in `adapter_dir` computes, so a
+    run can continue from it with more capacity (e.g. `GRITConfig.init_adapter`).
+
+    Each `lora_A` gets `rank - r` new rows (peft's default initialisation, Kaiming-uniform) and each `lora_B` as many
+    zero columns, so the added directions start at zero and train; `lora_alpha` grows with the rank so that the scale
+    `lora_alpha / r` stays the same. peft has no such operation (`add_weighted_adapter(..., "cat")` sums adapters,
+    it does not widen one), so it is written here. Other files of the folder (e.g. `grit_config.json`) are copied.
+    """
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    old = int(config["r"])
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank <= old:
+        raise ValueError(f"`rank` must be an int above the adapter's rank {old}, got {rank!r}.")
+    if config.get("peft_type") != "LORA" or config.get("rank_pattern") or config.get("use_rslora"):
+        raise ValueError(f"{adapter_dir} is not a plain LoRA adapter (one rank, no rsLoRA): cannot widen it.")
+    generator = torch.Generator().manual_seed(seed)
+    weights = {}
+    for name, tensor in load_file(adapter_dir / "adapter_model.safetensors").items():
+        if ".lora_A." in name:
+            extra = torch.empty(rank - old, tensor.shape[1], dtype=torch.float32)
+            bound = 1 / tensor.shape[1] ** 0.5  # kaiming_uniform_(a=sqrt(5)), as peft initialises lora_A
+            extra.uniform_(-bound, bound, generator=generator)
+            tensor = torch.cat([tensor, extra.to(tensor.dtype)])
+        elif ".lora_B." in name:
+            tensor = torch.cat([tensor, tensor.new_zeros(tensor.shape[0], rank - old)], dim=1)
+        weights[name] = tensor.contiguous()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for path in adapter_dir.iterdir():
+        if path.is_file() and path.name not in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copy2(path, output_dir / path.name)
+    config["lora_alpha"] = config["lora_alpha"] * rank / old
+    config["r"] = rank
+    (output_dir / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file(weights, output_dir / "adapter_model.safetensors", metadata={"format": "pt"})
+    return output_dir

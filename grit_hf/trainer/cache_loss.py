@@ -29,7 +29,8 @@ from ..generation.segments import CachedSegment, Part, resolve_segments, special
 from ..rag.prompts import DocumentSlot, QuerySlot, RAGPrompts
 
 __all__ = [
-    "CacheExample", "CachePrompter", "CacheStream", "activation_checkpointing_paused", "cache_loss", "teacher_answers",
+    "CacheExample", "CachePrompter", "CacheStream", "activation_checkpointing_paused", "answer_weights", "cache_loss",
+    "teacher_answers",
 ]  # fmt: skip
 
 # Builds the embedding pass's states of right-padded `(input_ids, attention_mask)`: a `DynamicCache` per batch.
@@ -164,6 +165,7 @@ def cache_loss(
     examples: Sequence[CacheExample],
     rotary_emb: torch.nn.Module,
     teacher_loss: str = "ce",
+    answer_half_life: float | None = None,
 ) -> torch.Tensor:
     """The mean next-token loss over the answer tokens (and end tokens) of `examples`, generated from cached states.
     Examples whose prompts have the same shape are composed as one batch.
@@ -176,14 +178,23 @@ def cache_loss(
         rotary_emb: the model's rotary embedding (to place the states).
         teacher_loss: `"ce"` (cross-entropy on every answer) or `"kl"` (for teacher answers, KL divergence from the
             teacher's next-token distributions to the model's along the answer; cross-entropy for gold answers).
+        answer_half_life: aim the loss at the first answer tokens, where answers from cached states part from plain
+            RAG's: answer token `t` weighs `0.5 ** (t / answer_half_life)` (the mean is over these weights). `None`
+            weighs every token the same.
 
     Activation checkpointing is paused while it runs (`activation_checkpointing_paused`).
     """
     with activation_checkpointing_paused(forward):
-        return _cache_loss(forward, states_fn, prompter, examples, rotary_emb, teacher_loss)
+        return _cache_loss(forward, states_fn, prompter, examples, rotary_emb, teacher_loss, answer_half_life)
 
 
-def _cache_loss(forward, states_fn, prompter, examples, rotary_emb, teacher_loss) -> torch.Tensor:
+def answer_weights(length: int, half_life: float | None, device=None) -> torch.Tensor:
+    """The weights `[length]` of answer tokens in the cache loss (see `cache_loss`'s `answer_half_life`)."""
+    steps = torch.arange(length, dtype=torch.float32, device=device)
+    return torch.ones_like(steps) if half_life is None else 0.5 ** (steps / half_life)
+
+
+def _cache_loss(forward, states_fn, prompter, examples, rotary_emb, teacher_loss, half_life) -> torch.Tensor:
     eos_id = prompter.tokenizer.eos_token_id
     device = prompter.model.device
     groups: dict[tuple, list[tuple[CacheExample, list[Part]]]] = {}
@@ -203,10 +214,12 @@ def _cache_loss(forward, states_fn, prompter, examples, rotary_emb, teacher_loss
                 plain = [part.as_text() if part.states is not None else part for part in parts]
                 teacher = continuation_logits(forward, plain, answers, None, device).float()
                 teacher = teacher[:, : targets.shape[1]].log_softmax(-1)
-            total = total + F.kl_div(logits.log_softmax(-1), teacher, log_target=True, reduction="sum")
+            losses = F.kl_div(logits.log_softmax(-1), teacher, log_target=True, reduction="none").sum(-1)
         else:
-            total = total + F.cross_entropy(logits.flatten(0, 1), targets.to(device).flatten(), reduction="sum")
-        count += targets.numel()
+            losses = F.cross_entropy(logits.flatten(0, 1), targets.to(device).flatten(), reduction="none")
+        weights = answer_weights(targets.shape[1], half_life, device)
+        total = total + (losses.reshape(targets.shape) * weights).sum()
+        count = count + float(weights.sum()) * len(group)
     return total / max(count, 1)
 
 
@@ -251,15 +264,17 @@ class CacheStream:
         max_answer_tokens: tokens of teacher answers, and at most of gold answers.
         teacher_loss: `"ce"` or `"kl"` for teacher answers.
         prompts: the RAG prompt formats (default: `RAGPrompts.for_model(model)`).
+        answer_half_life: weighs the first answer tokens more (see `cache_loss`).
     """
 
     def __init__(
         self, model, dataset, sampler, modes, max_length: int, max_answer_tokens: int, teacher_loss: str,
-        prompts: RAGPrompts | None = None,
+        prompts: RAGPrompts | None = None, answer_half_life: float | None = None,
     ):  # fmt: skip
         self.prompter = CachePrompter(model, prompts=prompts, max_length=max_length)
         self.dataset, self.sampler, self.modes = dataset, sampler, list(modes)
         self.max_answer_tokens, self.teacher_loss = max_answer_tokens, teacher_loss
+        self.answer_half_life = answer_half_life
         self.rotary_emb = find_rotary_embedding(model)
         self._examples: dict[int, CacheExample] = {}
 
@@ -286,4 +301,6 @@ class CacheStream:
     def loss(self, forward: Callable, states_fn: StatesFn, micro_step: int, rank: int, world_size: int):
         """This process's cache loss for `micro_step`."""
         examples = self.examples(self.sampler.local_batch(micro_step, rank, world_size))
-        return cache_loss(forward, states_fn, self.prompter, examples, self.rotary_emb, self.teacher_loss)
+        return cache_loss(
+            forward, states_fn, self.prompter, examples, self.rotary_emb, self.teacher_loss, self.answer_half_life
+        )

@@ -62,6 +62,9 @@ class GRITConfig(SFTConfig):
             on that answer) or `"kl"` (KL divergence from the plain-RAG next-token distributions along it).
         cache_answer_max_tokens (`int`, *optional*, defaults to `64`):
             Tokens of the teacher's answers, and at most of gold answers.
+        cache_answer_half_life (`float`, *optional*):
+            Aims the cache loss at the first answer tokens, where answers from cached states part from plain RAG's:
+            answer token `t` weighs `0.5 ** (t / cache_answer_half_life)`. `None` weighs every token the same.
         cache_prompts (`dict`, *optional*):
             `RAGPrompts` fields to override in the cache loss's prompts (e.g. a shorter `doc_cached` suffix); give the
             same `RAGPrompts` to `GritRAG` at inference.
@@ -143,6 +146,9 @@ class GRITConfig(SFTConfig):
         metadata={"help": "Loss on teacher answers.", "choices": list(CACHE_TEACHER_LOSSES)},
     )
     cache_answer_max_tokens: int = field(default=64, metadata={"help": "Tokens of teacher answers (and gold ones)."})
+    cache_answer_half_life: float | None = field(
+        default=None, metadata={"help": "Weigh answer token t by 0.5 ** (t / half_life) in the cache loss (None: 1)."}
+    )
     cache_prompts: dict[str, str] | None = field(
         default=None, metadata={"help": "RAGPrompts fields overridden in the cache loss's prompts."}
     )
@@ -205,6 +211,10 @@ class GRITConfig(SFTConfig):
         for name in ("emb_batch_size", "query_max_length", "passage_max_length", "cache_batch_size"):
             check_positive_int(getattr(self, name), name)
         check_positive_int(self.cache_answer_max_tokens, "cache_answer_max_tokens")
+        if self.cache_answer_half_life is not None and not check_non_negative_number(
+            self.cache_answer_half_life, "cache_answer_half_life"
+        ):
+            raise ValueError(f"`cache_answer_half_life` must be positive or None, got {self.cache_answer_half_life!r}.")
         for name in ("emb_chunk_size", "gen_sub_batch_size", "cache_document_max_length"):
             check_positive_int(getattr(self, name), name, allow_none=True)
         if self.num_hard_negatives < 0:

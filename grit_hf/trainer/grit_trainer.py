@@ -178,8 +178,7 @@ class GRITTrainer(SFTTrainer):
         prompts = RAGPrompts.for_model(grit_model, **(args.cache_prompts or {}))
         return CacheStream(
             grit_model, dataset, sampler, args.cache_modes, args.cache_document_max_length or args.passage_max_length,
-            args.cache_answer_max_tokens,
-            args.cache_teacher_loss, prompts,
+            args.cache_answer_max_tokens, args.cache_teacher_loss, prompts, args.cache_answer_half_life,
         )  # fmt: skip
 
     @staticmethod

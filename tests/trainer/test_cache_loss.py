@@ -196,3 +196,25 @@ def test_cache_loss_under_activation_checkpointing_follows_the_plain_run(make_ar
     for plain, checkpointed in zip(logs[False], logs[True]):
         for key in ("loss_cache", "loss_rep", "loss_gen"):
             assert checkpointed[key] == pytest.approx(plain[key], rel=1e-4 if not bf16 else 2e-2)
+
+
+def test_answer_half_life_weighs_the_first_answer_tokens_as_written(model):
+    """With `answer_half_life`, the loss is the weighted mean of the per-token cross-entropies (hand computation from
+    the unweighted per-token losses: weights 0.5 ** (t / h))."""
+    from grit_hf.trainer.cache_loss import answer_weights
+
+    prompter = CachePrompter(model)
+    answer = model.tokenizer(" Paris is on the Seine", add_special_tokens=False)["input_ids"]
+    example = CacheExample(DOCS[:1], QUESTION, answer, "doc")
+    with torch.no_grad():
+        parts = prompter.parts(example, prompter.states([example], _states_fn(model))[0])
+        from grit_hf.generation.compose import continuation_logits
+
+        logits = continuation_logits(model, parts, answer, find_rotary(model), model.device)[0].float()
+        targets = torch.tensor(answer + [model.tokenizer.eos_token_id])
+        per_token = F.cross_entropy(logits, targets, reduction="none")
+        weighted = cache_loss(model, _states_fn(model), prompter, [example], find_rotary(model), answer_half_life=2.0)
+    weights = torch.tensor([0.5 ** (t / 2.0) for t in range(len(targets))])
+    torch.testing.assert_close(answer_weights(len(targets), 2.0), weights)
+    torch.testing.assert_close(weighted, (per_token * weights).sum() / weights.sum(), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(weighted, per_token.mean(), rtol=1e-3)

@@ -69,3 +69,29 @@ def test_qlora_trains(tiny_grit, make_args, tmp_path):
     assert all(np.isfinite(e["loss_rep"]) and np.isfinite(e["loss_gen"]) for e in logged)
     trainer.save_model(str(tmp_path / "adapter"))
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_a_widened_adapter_computes_what_the_narrow_one_does_and_trains(tiny_grit, make_args, tmp_path):
+    """`expand_adapter_rank`: the same logits as the rank-4 adapter (the new directions start at zero), the new rank
+    and scale recorded, and the new directions receive gradients."""
+    from peft import PeftModel
+
+    from grit_hf.folders.adapters import expand_adapter_rank
+
+    trainer = GRITTrainer(str(tiny_grit), args=make_args(max_steps=2, learning_rate=5e-2), peft_config=_lora())
+    trainer.train()
+    trainer.save_model(str(tmp_path / "narrow"))
+    wide = expand_adapter_rank(tmp_path / "narrow", tmp_path / "wide", rank=12)
+    config = json.loads((wide / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"]) == (12, 24)
+    ids = torch.tensor([[1, 5, 9, 12, 3]])
+    with torch.no_grad():
+        narrow = load_adapter_model(tmp_path / "narrow").eval()(input_ids=ids).logits
+    widened = PeftModel.from_pretrained(GritLMForCausalLM.from_pretrained(tiny_grit), str(wide), is_trainable=True)
+    logits = widened(input_ids=ids).logits
+    torch.testing.assert_close(logits, narrow, rtol=1e-5, atol=1e-5)
+    logits.float().pow(2).mean().backward()
+    b = next(p for name, p in widened.named_parameters() if "lora_B" in name)
+    assert b.shape[1] == 12 and b.grad[:, 4:].abs().sum() > 0
+    with pytest.raises(ValueError, match="rank"):
+        expand_adapter_rank(tmp_path / "narrow", tmp_path / "bad", rank=4)
