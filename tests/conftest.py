@@ -82,16 +82,6 @@ _PASS_THROUGH = ("/transformers/", "/torch/", "/accelerate/", "/huggingface_hub/
 _OURS = (f"{os.sep}grit_hf{os.sep}", f"{os.sep}integrations{os.sep}")
 
 
-def _moved_module_frame(frame) -> bool:
-    """A frame of a moved module's deprecation warning (`grit_hf._moved`, the alias module's `warn_moved(...)` line,
-    the import machinery): the caller that counts is the importer."""
-    return (
-        frame.filename.endswith(f"grit_hf{os.sep}_moved.py")
-        or "importlib" in frame.filename
-        or (frame.line or "").startswith("warn_moved(")
-    )
-
-
 @pytest.fixture(autouse=True)
 def _no_deprecated_api_calls_from_grit_hf(monkeypatch):
     """Fail a test when grit-hf itself calls a deprecated API: a `FutureWarning`/`DeprecationWarning` whose nearest
@@ -106,7 +96,7 @@ def _no_deprecated_api_calls_from_grit_hf(monkeypatch):
     def checking_warn(message, category=None, stacklevel=1, *args, **kwargs):
         if isinstance(category, type) and issubclass(category, (FutureWarning, DeprecationWarning)):
             for frame in reversed(traceback.extract_stack()[:-1]):
-                if any(part in frame.filename for part in _PASS_THROUGH) or _moved_module_frame(frame):
+                if any(part in frame.filename for part in _PASS_THROUGH) or "importlib" in frame.filename:
                     continue
                 if any(part in frame.filename for part in _OURS) and "/tests/" not in frame.filename:
                     calls.append(f"{frame.filename}:{frame.lineno}: {message}")
