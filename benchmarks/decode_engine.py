@@ -42,11 +42,12 @@ def _generate_answer(rag, parts, prompt_ids, cache_kind: str, new_tokens: int) -
     """Compose the cached parts (as the engine does), then let `generate` run the rest of the prompt and decode."""
     from grit_hf.cache.buffers import new_cache
     from grit_hf.generation.compose import close_with_text, compose
+    from grit_hf.generation.plan import Cached, PromptPlan
 
     model = rag.model
     started = time.perf_counter()
     with torch.inference_mode():
-        cached = [part for part in close_with_text(parts) if part.states is not None]
+        cached = PromptPlan([item for item in close_with_text(parts.items) if isinstance(item, Cached)])
         cache = new_cache(cache_kind, model.config.text_config, prompt_ids.shape[1] + new_tokens)
         cache = compose(model, cached, cache, rag.generator.rotary_emb, model.device).cache
         output = model.generate(
@@ -63,7 +64,6 @@ def _generate_answer(rag, parts, prompt_ids, cache_kind: str, new_tokens: int) -
 def run(args: argparse.Namespace) -> dict:
     from grit_hf import GritRAG, load_model
     from grit_hf.generation.engine import GenerationOptions
-    from grit_hf.generation.segments import resolve_segments
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,11 +73,9 @@ def run(args: argparse.Namespace) -> dict:
     rows = []
     for n_tokens in args.lengths:
         doc_id = rag.add_documents([_document(rag.tokenizer, n_tokens)])[0]
-        segments = rag.build_segments("Where does the Seine flow?", "doc", [doc_id])
-        parts = resolve_segments(segments, rag.tokenizer, rag._document)
-        prompt_ids = torch.tensor(
-            [[t for part in resolve_segments(segments, rag.tokenizer, rag._document, False) for t in part.ids]]
-        )
+        plan = rag.build_plan("Where does the Seine flow?", "doc", [doc_id])
+        parts = rag.resolve(plan)
+        prompt_ids = torch.tensor([[t for item in rag.resolve(plan, reuse_cache=False).items for t in item.ids]])
 
         engines = {
             "grit-hf loop (preallocated)": functools.partial(_grit_answer, rag, parts, options),

@@ -75,10 +75,10 @@ def fidelity(model, attention: str, examples, args) -> dict:
     for index, (example, doc_id) in enumerate(zip(examples, doc_ids)):
         rag.store = dense_store
         dense = rag.answer(example.question, mode="doc", doc_ids=[doc_id], max_new_tokens=args.new_tokens)
-        segments = rag.build_segments(example.question, "doc", [doc_id])
-        reference = rag.generator.continuation_logits(rag.resolve(segments), dense.token_ids)[0].float()
+        plan = rag.build_plan(example.question, "doc", [doc_id])
+        reference = rag.generator.continuation_logits(rag.resolve(plan), dense.token_ids)[0].float()
         rag.store = int8_store
-        logits = rag.generator.continuation_logits(rag.resolve(segments), dense.token_ids)[0].float()
+        logits = rag.generator.continuation_logits(rag.resolve(plan), dense.token_ids)[0].float()
         keep = len(dense.token_ids) + (dense.finish_reason == "stop")
         reference, logits = reference[:keep], logits[:keep]
         identical = _greedy_agrees(logits, dense, eos_ids)

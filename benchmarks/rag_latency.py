@@ -77,10 +77,10 @@ def sync(device: str) -> None:
 
 def time_mode(rag, query, doc_id, mode, query_states, new_tokens, device):
     """`(seconds to the last token, seconds to the first token, answer text)` of one answer."""
-    segments = rag.build_segments(query, mode, [doc_id], query_states)
+    plan = rag.build_plan(query, mode, [doc_id], query_states)
     sync(device)
     start = time.perf_counter()
-    stream = rag.generate_from_segments(segments, stream=True, max_new_tokens=new_tokens, ignore_eos=True)
+    stream = rag.generate_from_plan(plan, stream=True, max_new_tokens=new_tokens, ignore_eos=True)
     first = None
     for _ in stream:
         if first is None:
@@ -97,8 +97,8 @@ def fidelity(rag, query, doc_id, mode, query_states, new_tokens, cached_text) ->
     every cached part re-read as text (for `doc`/`query`, exactly `rag_doc_query`/`rag_query_doc`)."""
     from grit_hf.evaluation.metrics import exact_match, token_f1
 
-    segments = rag.build_segments(query, mode, [doc_id], query_states)
-    plain = rag.generate_from_segments(segments, reuse_cache=False, max_new_tokens=new_tokens, ignore_eos=True)
+    plan = rag.build_plan(query, mode, [doc_id], query_states)
+    plain = rag.generate_from_plan(plan, reuse_cache=False, max_new_tokens=new_tokens, ignore_eos=True)
     return {"token_f1": token_f1(cached_text, plain.text), "exact_match": exact_match(cached_text, plain.text)}
 
 

@@ -66,6 +66,10 @@ class GritLMConfig(PreTrainedConfig):
         The key/value states RAG caches for a document by default: `"bidirectional"` (the embedding pass's own
         states, one pass per document; set by `GRITTrainer` when the checkpoint was trained with the cache loss) or
         `"causal"` (an extra causal pass per document; exact continuation for any model).
+    cache_recompute (`str` or `None`, defaults to `None`):
+        The selective recomputation RAG applies by default to bidirectional cached states, `"RULE:AMOUNT"` (e.g.
+        `"deviation:0.15"`, `"head:8"`; `grit_hf.generation.recompute`): the setting a checkpoint was trained and
+        measured with. `None` recomputes nothing.
 
     Invalid values raise a `ValueError` naming the field, the value and the valid choices (the choices are the
     fields' `Literal` types).
@@ -93,6 +97,7 @@ class GritLMConfig(PreTrainedConfig):
     default_query_instruction: str = "Given a question, retrieve passages that answer the question"
     chat_template: str | None = GRITLM_CHAT_TEMPLATE
     cache_attention: Attention = "causal"
+    cache_recompute: str | None = None
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
@@ -111,6 +116,8 @@ class GritLMConfig(PreTrainedConfig):
         ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"Invalid `{name}`: {getattr(self, name)!r}. Valid choices are: {choices}.")
+        if self.cache_recompute is not None and not isinstance(self.cache_recompute, str):
+            raise ValueError(f"`cache_recompute` must be a 'RULE:AMOUNT' str or None, got {self.cache_recompute!r}.")
         if "{instruction}" not in self.query_template:
             raise ValueError(f"`query_template` must contain '{{instruction}}', got {self.query_template!r}.")
         for name in ("query_template", "document_template"):

@@ -75,7 +75,9 @@ def recorded_base_model(adapter_dir: str | os.PathLike) -> str:
     return base_model
 
 
-def expand_adapter_rank(adapter_dir: str | os.PathLike, output_dir: str | os.PathLike, rank: int, seed: int = 0) -> Path:
+def expand_adapter_rank(
+    adapter_dir: str | os.PathLike, output_dir: str | os.PathLike, rank: int, seed: int = 0
+) -> Path:
     """Write a LoRA adapter of a higher `rank` that computes exactly what the adapter in `adapter_dir` computes, so a
     run can continue from it with more capacity (e.g. `GRITConfig.init_adapter`).
 

@@ -1,9 +1,11 @@
 """Generation with a GRIT model: one engine for plain chat, `GritRAG`, the integrations, the trainer's cache loss and
 the server.
 
-- `segments.py`: prompts made of text and cached key/value states (`Segment`, `CachedSegment`, `Part`);
-- `compose.py`: composing a prompt's parts into one cache (cached states re-rotated to their offsets);
+- `plan.py`: the prompt plan (`PromptPlan` of `Text`, `Tokens` and `Cached` items), built once and resolved once;
+- `recompute.py`: selective recomputation of cached states (`Recompute`: which positions are computed again);
+- `compose.py`: composing a plan into one cache (cached states re-rotated to their offsets, recomputed positions run);
 - `engine.py`: the decoding loop (`Generator`, `GenerationOptions`, `GenerationResult`, `GenerationStream`);
+- `batched.py`: the decode steps of concurrent streams as one forward pass (`DecodeBatch`);
 - `chat.py`: plain chat generation (`chat`).
 """
 
@@ -11,7 +13,8 @@ from __future__ import annotations
 
 from .chat import chat
 from .engine import GenerationOptions, GenerationResult, GenerationStream, Generator
-from .segments import CachedSegment, Part, Segment, resolve_segments
+from .plan import Cached, PromptPlan, Text, Tokens
+from .recompute import RECOMPUTE_RULES, Recompute
 
 __all__ = [
     "chat",
@@ -19,8 +22,10 @@ __all__ = [
     "GenerationOptions",
     "GenerationResult",
     "GenerationStream",
-    "CachedSegment",
-    "Part",
-    "Segment",
-    "resolve_segments",
+    "PromptPlan",
+    "Text",
+    "Tokens",
+    "Cached",
+    "Recompute",
+    "RECOMPUTE_RULES",
 ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..formatting import apply_chat_template, check_messages
 from ..modeling_gritlm import GritLMForCausalLM
 from .engine import GenerationOptions, GenerationResult, GenerationStream, Generator
-from .segments import resolve_segments
+from .plan import PromptPlan
 
 __all__ = ["chat"]
 
@@ -36,8 +36,7 @@ def chat(
         raise TypeError(f"`model` must be a GritLMForCausalLM, got {type(model).__name__}.")
     options = GenerationOptions(max_new_tokens=max_new_tokens, **options)
     prompt = apply_chat_template(model.tokenizer, check_messages(messages), model.config.chat_template)
-    parts = resolve_segments([prompt], model.tokenizer)
-    pieces = Generator(model).stream(parts, options)
+    pieces = Generator(model).stream(PromptPlan.of(prompt).resolve(model.tokenizer), options)
     if stream:
         return pieces
     result = pieces.consume()

@@ -1,9 +1,10 @@
 """The one generation engine of grit-hf: plain chat, `GritRAG`, the LangChain/LlamaIndex classes and the server all
 decode through `Generator`.
 
-A prompt (segments: text and cached states, see `grit_hf.rag.segments`) is composed once into a fresh cache sized for
-the prompt plus the answer (`grit_hf.rag.compose`; by default a preallocated buffer, so each decode step appends
-without copying the cache), then decoded one token per forward pass under `torch.inference_mode`. Every forward pass
+A prompt (a resolved `PromptPlan`: text, token ids and cached states, see `grit_hf.generation.plan`) is composed once
+into a fresh cache sized for the prompt plus the answer (`grit_hf.generation.compose`; by default a preallocated
+buffer, so each decode step appends without copying the cache), then decoded one token per forward pass under
+`torch.inference_mode`. Every forward pass
 takes the model's lock only for itself (`grit_hf.locking`), so streams of several threads progress together, token
 by token, and never see another pass's attention setting.
 
@@ -31,7 +32,7 @@ from ..cache.positions import find_rotary_embedding
 from ..validation import check_non_negative_number, check_positive_int, check_probability, check_seed
 from .batched import DecodeBatch
 from .compose import close_with_text, compose, continuation_logits
-from .segments import Part, special_prefix
+from .plan import PromptPlan, special_prefix
 
 logger = logging.get_logger(__name__)
 
@@ -82,6 +83,7 @@ class GenerationResult:
         token_ids: the generated token ids.
         prompt_tokens: tokens in the prompt, cached ones included.
         cache_read_tokens: prompt tokens whose states were reused instead of computed.
+        recomputed_tokens: prompt tokens of cached parts computed again (selective recomputation).
         completion_tokens: generated tokens.
         finish_reason: `"stop"` (end token or stop string) or `"length"` (`max_new_tokens` reached).
         doc_ids: the documents used (retrieved or found in the prompt).
@@ -93,6 +95,7 @@ class GenerationResult:
     token_ids: list[int] = field(default_factory=list)
     prompt_tokens: int = 0
     cache_read_tokens: int = 0
+    recomputed_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = "length"
     doc_ids: list[str] = field(default_factory=list)
@@ -240,25 +243,26 @@ class Generator:
             )
 
     def stream(
-        self, parts: list[Part], options: GenerationOptions | None = None, result: GenerationResult | None = None
+        self, plan: PromptPlan, options: GenerationOptions | None = None, result: GenerationResult | None = None
     ) -> GenerationStream:
-        """Compose the prompt `parts` (before this returns) and return a `GenerationStream` of text deltas.
+        """Compose the resolved prompt `plan` (before this returns) and return a `GenerationStream` of text deltas.
 
         `result` (e.g. carrying `doc_ids`) is filled in and becomes the stream's `result`."""
         options = GenerationOptions() if options is None else options
         result = GenerationResult() if result is None else result
-        parts = close_with_text(parts)
-        prompt_tokens = sum(part.num_tokens for part in parts)
+        plan = PromptPlan(close_with_text(plan.items), plan.recompute)
+        prompt_tokens = plan.num_tokens
         self.check_length(prompt_tokens, options.max_new_tokens)
-        rotary = self.rotary_emb if any(part.states is not None for part in parts) else None
+        rotary = self.rotary_emb if plan.is_cached else None
         with torch.inference_mode():  # a pooled static cache holds inference tensors: reset it in this mode
             cache = self._new_cache(prompt_tokens + options.max_new_tokens)
             try:
-                composition = compose(self.model, parts, cache, rotary, self.model.device)
+                composition = compose(self.model, plan, cache, rotary, self.model.device)
             except BaseException:
                 self._release_cache(cache)
                 raise
         result.prompt_tokens, result.cache_read_tokens = composition.position, composition.cache_read
+        result.recomputed_tokens = composition.recomputed
         if self.batch is not None:  # decoded with the other streams, one forward pass a step
             last = composition.logits[0, -1]
             tokens = self.batch.submit(composition.cache, last, composition.position, options, result)
@@ -267,18 +271,19 @@ class Generator:
         return GenerationStream(self._text(tokens, options.stop, result), result)
 
     @torch.inference_mode()
-    def continuation_logits(self, parts: list[Part], continuation: list[int]) -> torch.Tensor:
-        """The logits `[1, n + 1, vocab]` predicting each of the `n` tokens of `continuation` after the prompt `parts`,
-        and the token after it (teacher forcing, e.g. to compare two prompts' distributions along one answer)."""
-        rotary = self.rotary_emb if any(part.states is not None for part in parts) else None
+    def continuation_logits(self, plan: PromptPlan, continuation: list[int]) -> torch.Tensor:
+        """The logits `[1, n + 1, vocab]` predicting each of the `n` tokens of `continuation` after the resolved prompt
+        `plan`, and the token after it (teacher forcing, e.g. to compare two prompts' distributions along one
+        answer)."""
+        rotary = self.rotary_emb if plan.is_cached else None
         with self.model.forward_lock:
-            return continuation_logits(self.model, parts, continuation, rotary, self.model.device)
+            return continuation_logits(self.model, plan, continuation, rotary, self.model.device)
 
     def generate(
-        self, parts: list[Part], options: GenerationOptions | None = None, result: GenerationResult | None = None
+        self, plan: PromptPlan, options: GenerationOptions | None = None, result: GenerationResult | None = None
     ) -> GenerationResult:
         """`stream(...)` run to its end."""
-        return self.stream(parts, options, result).consume()
+        return self.stream(plan, options, result).consume()
 
     def _tokens(self, cache, logits, position: int, options: GenerationOptions, result: GenerationResult):
         generator = None

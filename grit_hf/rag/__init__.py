@@ -8,14 +8,15 @@
 - `registry.py`: one shared `GritRAG` per checkpoint or model object; `integration.py`: what the LangChain and
   LlamaIndex classes share.
 
-The generation names (`Generator`, `GenerationResult`, `CachedSegment`, ...) are also exported here, as before they
-moved to `grit_hf.generation`.
+The prompt plan and generation names (`PromptPlan`, `Cached`, `Recompute`, `Generator`, `GenerationResult`, ...) are
+also exported here, next to `GritRAG` that builds and answers them.
 """
 
 from __future__ import annotations
 
 from ..generation.engine import GenerationOptions, GenerationResult, GenerationStream, Generator
-from ..generation.segments import CachedSegment, Segment
+from ..generation.plan import Cached, PromptPlan, Text, Tokens
+from ..generation.recompute import RECOMPUTE_RULES, Recompute
 from .documents import MIN_CACHED_CHARS, document_id
 from .gritrag import GritRAG
 from .prompts import CACHING_MODES, RAG_MODES, RAGMode, RAGPrompts
@@ -29,8 +30,12 @@ __all__ = [
     "GenerationResult",
     "GenerationStream",
     "Generator",
-    "CachedSegment",
-    "Segment",
+    "PromptPlan",
+    "Text",
+    "Tokens",
+    "Cached",
+    "Recompute",
+    "RECOMPUTE_RULES",
     "RAGPrompts",
     "RAGMode",
     "RAG_MODES",

@@ -4,6 +4,10 @@ too long to cache) and the exact-search ranking over them. Their key/value state
 Why not a vector store from the ecosystem: the index must answer, for a prompt, which indexed texts it contains and
 whether their states may stand for them; embeddings are few and exact search is one matrix product. Integrations keep
 their own vector stores (LangChain, LlamaIndex) and use this table only to find cached documents.
+
+Finding documents in a free-text prompt (`find_in`) costs one dictionary lookup per character of the prompt, whatever
+the number of documents: each spliceable document is indexed by its first `MIN_CACHED_CHARS` characters, and only
+documents that start where the prompt does are compared in full.
 """
 
 from __future__ import annotations
@@ -13,9 +17,8 @@ from typing import Any
 
 import torch
 
-from ..generation.segments import CachedSegment
+from ..generation.plan import Cached, PlanItem, Text
 from ..validation import check_str_list
-from .prompts import split_on_texts
 
 __all__ = ["DocumentTable", "document_id", "MIN_CACHED_CHARS"]
 
@@ -41,6 +44,7 @@ class DocumentTable:
         self.texts: dict[str, str] = {}
         self.uncached: set[str] = set()
         self.embeddings = torch.empty(0, dim)
+        self._starts: dict[str, list[str]] = {}  # first MIN_CACHED_CHARS characters -> spliceable documents
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -59,8 +63,13 @@ class DocumentTable:
     def update(self, new: dict[str, str], embeddings: torch.Tensor, uncached: list[bool]) -> None:
         """Add (or replace) the documents `new` with their embeddings (and whether their states are not stored), in
         order, at the end."""
+        for doc_id in new:
+            self._unindex_start(doc_id)
         self.texts.update(new)
         self.uncached = (self.uncached - set(new)) | {doc_id for doc_id, cut in zip(new, uncached) if cut}
+        for doc_id, text in new.items():
+            if len(text) >= MIN_CACHED_CHARS and doc_id not in self.uncached:
+                self._starts.setdefault(text[:MIN_CACHED_CHARS], []).append(doc_id)
         keep = [row for row, doc_id in enumerate(self.ids) if doc_id not in new]
         self.ids = [self.ids[row] for row in keep] + list(new)
         self.embeddings = torch.cat([self.embeddings[keep], embeddings.float().cpu()])
@@ -73,16 +82,29 @@ class DocumentTable:
         self.ids = [self.ids[row] for row in keep]
         self.embeddings = self.embeddings[keep]
         for doc_id in removed:
+            self._unindex_start(doc_id)
             del self.texts[doc_id]
             self.uncached.discard(doc_id)
         return removed
 
+    def _unindex_start(self, doc_id: str) -> None:
+        text = self.texts.get(doc_id)
+        starts = self._starts.get(text[:MIN_CACHED_CHARS]) if text is not None else None
+        if starts is not None and doc_id in starts:
+            starts.remove(doc_id)
+            if not starts:
+                del self._starts[text[:MIN_CACHED_CHARS]]
+
+    def first_unknown(self, doc_ids: list[str]) -> int | None:
+        """The index of the first id in `doc_ids` that is not indexed, or `None`."""
+        return next((index for index, doc_id in enumerate(doc_ids) if doc_id not in self.texts), None)
+
     def check_known(self, doc_ids: Any, name: str = "doc_ids") -> list[str]:
         """`doc_ids` as a list, after checking that every id is indexed (`ValueError` naming the unknown ones)."""
         doc_ids = check_str_list(doc_ids, name)
-        missing = [doc_id for doc_id in doc_ids if doc_id not in self.texts]
-        if missing:
-            raise ValueError(f"Unknown document id(s) {missing[:5]!r}: add them with `add_documents` first.")
+        unknown = self.first_unknown(doc_ids)
+        if unknown is not None:
+            raise ValueError(f"Unknown document id {doc_ids[unknown]!r}: add it with `add_documents` first.")
         return doc_ids
 
     def embeddings_of(self, doc_ids: list[str]) -> torch.Tensor:
@@ -98,15 +120,43 @@ class DocumentTable:
         values, order = scores.topk(min(top_k, len(self.ids)))
         return [(self.ids[i], float(v)) for i, v in zip(order.tolist(), values.tolist())]
 
-    def cacheable_texts(self, doc_ids: list[str] | None, min_chars: int) -> dict[str, str]:
-        """`{id: text}` of the documents (all, or `doc_ids`) whose states may be spliced into a prompt: cached, and
-        at least `min_chars` characters long."""
-        candidates = self.ids if doc_ids is None else doc_ids
-        return {d: self.texts[d] for d in candidates if len(self.texts[d]) >= min_chars and d not in self.uncached}
+    def id_of(self, text: str) -> str | None:
+        """The id of an indexed, spliceable document whose text is `text` (the first indexed), or `None`."""
+        return next((d for d in self._starts.get(text[:MIN_CACHED_CHARS], ()) if self.texts[d] == text), None)
 
-    def split_prompt(self, prompt: str, doc_ids: list[str] | None, template: str) -> list[str | CachedSegment]:
-        """`prompt` split at verbatim occurrences of the documents whose states may be spliced in (`cacheable_texts`
-        of at least `MIN_CACHED_CHARS`), each replaced by a `CachedSegment` (`split_on_texts`: earliest, then longest
-        match; `template` directly before a match is taken into it)."""
-        pieces = split_on_texts(prompt, self.cacheable_texts(doc_ids, MIN_CACHED_CHARS), template)
-        return [piece if isinstance(piece, str) else CachedSegment(piece[0]) for piece in pieces]
+    def find_in(self, prompt: str, doc_ids: list[str] | None = None) -> list[tuple[int, int, str]]:
+        """`(start, end, doc_id)` of the spliceable documents (states stored, at least `MIN_CACHED_CHARS` characters;
+        all, or those of `doc_ids`) found verbatim in `prompt`: the earliest match first, the longest at one place,
+        overlapping matches skipped."""
+        allowed = None if doc_ids is None else set(doc_ids)
+        found, index, last = [], 0, len(prompt) - MIN_CACHED_CHARS
+        while index <= last:
+            candidates = self._starts.get(prompt[index : index + MIN_CACHED_CHARS])
+            best = None
+            for doc_id in candidates or ():
+                text = self.texts[doc_id]
+                if (allowed is None or doc_id in allowed) and (best is None or len(text) > len(self.texts[best])):
+                    if prompt.startswith(text, index):
+                        best = doc_id
+            if best is None:
+                index += 1
+                continue
+            found.append((index, index + len(self.texts[best]), best))
+            index += len(self.texts[best])
+        return found
+
+    def plan_items(self, prompt: str, doc_ids: list[str] | None, template: str) -> list[PlanItem]:
+        """`prompt` as plan items: each spliceable document found in it (`find_in`) a `Cached` item, the rest text.
+        A cached document stands for `template + text`: a `template` directly before a match is taken into it."""
+        items: list[PlanItem] = []
+        position = 0
+        for start, end, doc_id in self.find_in(prompt, doc_ids):
+            if template and prompt.endswith(template, position, start):
+                start -= len(template)
+            if start > position:
+                items.append(Text(prompt[position:start]))
+            items.append(Cached(doc_id))
+            position = end
+        if position < len(prompt):
+            items.append(Text(prompt[position:]))
+        return items

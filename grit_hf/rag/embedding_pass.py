@@ -39,13 +39,17 @@ class EmbeddingPass:
         self, texts: list[str], instruction: str, states: bool, embeddings: bool = True, progress: bool | None = False
     ) -> tuple[torch.Tensor | None, list[KVStates | list[int]] | None]:
         """`(embeddings, parts)` of `texts` with `instruction` (`""`: as documents): embeddings `(n, dim)` in the
-        model's embedding attention; with `states`, what stands for each text in a prompt: its `KVStates` in the
-        cache attention, or the token ids of its whole embedding input where states would not cover it (longer than
-        `cache_max_length`). `embeddings=False` skips a pass that would only give embeddings."""
+        model's embedding attention (`None` with `embeddings=False`, which skips a pass that would only give them),
+        and what stands for each text in a prompt: with `states`, its `KVStates` in the cache attention, or the token
+        ids of its whole embedding input where states would not cover it (longer than `cache_max_length`); without,
+        the token ids of its whole embedding input."""
         model, kwargs = self.model, dict(batch_size=self.batch_size, show_progress_bar=progress)
-        inputs = model.tokenize_for_embedding(texts, instruction, self.max_length)
+        inputs = model.tokenize_for_embedding(texts, instruction, self.max_length, warn=embeddings)
         if not states:
-            return model.embed_inputs(inputs, **kwargs)[0], None
+            vectors = model.embed_inputs(inputs, **kwargs)[0] if embeddings else None
+            whole = [self.input_ids(text, instruction) if cut else ids
+                     for text, ids, cut in zip(texts, inputs.token_ids, inputs.truncated)]  # fmt: skip
+            return vectors, whole
         one_pass = self.causal_cache == model.config.is_causal_embedding
         vectors, parts = None, None
         if embeddings or one_pass:

@@ -1,24 +1,19 @@
-"""`GritRAG`: retrieval and generation with one GRIT model, reusing the key/value states computed while embedding
-(paper section 4, "RAG with caching").
+"""`GritRAG`: retrieval, reranking and generation with one GRIT model, reusing the key/value states computed while
+embedding (paper section 4, "RAG with caching").
 
 Modes of `GritRAG.answer`: `none`, plain RAG `rag_query_doc` / `rag_doc_query` and the caching modes `query`, `doc`,
-`query_doc`, `doc_query` (the table and the prompt layouts are in `grit_hf.rag.prompts`).
+`query_doc`, `doc_query` (layouts in `grit_hf.rag.prompts`). Plain RAG re-reads exactly the token ids the caching
+modes take from the cache. With causal caches, `query` equals `rag_query_doc` token for token, and `doc` with one
+document equals `rag_doc_query` (several documents were each cached without the others). Bidirectional caches (the
+embedding pass's own states) approximate plain RAG unless the checkpoint was trained for them (the cache loss, recorded
+as `cache_attention="bidirectional"`, the default here then); `recompute` (default: the checkpoint's
+`cache_recompute`) computes chosen positions of them again, causally (`grit_hf.generation.recompute`).
 
-Plain RAG re-reads exactly the token ids the caching modes take from the cache. With causal caches
-(`cache_attention="causal"`), `query` equals `rag_query_doc` token for token, and so does `doc` with one document
-equal `rag_doc_query`; with several documents each was cached without seeing the others, so `doc` approximates plain
-RAG (exactness then needs the documents cached together, or a model trained with the cache loss). With
-bidirectional caches (the embedding pass's own states, one pass per document) the caching modes are approximations
-unless the checkpoint was trained for them (`GRITTrainer` with `lambda_cache > 0`, recorded as the config's
-`cache_attention="bidirectional"`, which is then the default here).
-
-Positions: every cached part is re-rotated to its offset in the prompt, so several documents (`top_k > 1`) and
-query+document caches sit at consecutive positions (the reference started every cache at 0).
-
-Counts: `prompt_tokens` counts every prompt token, `cache_read_tokens` those whose states were reused (stored
-document states, and the query states of the retrieval pass in query modes). Threads: every forward pass holds the
-model's lock (`grit_hf.locking`), so threads and `GritRAG` instances may share a model; streams interleave by token
-(or share decode steps, `batch_decoding`). Stored states are never written to.
+Prompts are `PromptPlan`s (`grit_hf.generation.plan`), built once from ids (`build_plan`, through `RAGPrompts.plan`;
+`plan_prompt` finds indexed documents in a free-text prompt), resolved once against the `DocumentIndex`, composed
+once (cached parts re-rotated to their offsets). Counts: `prompt_tokens`, `cache_read_tokens` (reused states) and
+`recomputed_tokens`. Every forward pass holds the model's lock (`grit_hf.locking`), so threads and instances may
+share a model; stored states are never written to.
 """
 
 from __future__ import annotations
@@ -31,7 +26,6 @@ from transformers.utils import logging
 
 from ..cache.buffers import DecodeCache
 from ..cache.disk import DiskKVStore
-from ..cache.entries import CacheEntryError
 from ..cache.fingerprint import compute_fingerprint
 from ..cache.positions import verify_rerotation
 from ..cache.states import KVStates
@@ -39,11 +33,14 @@ from ..cache.store import KVStore, MemoryKVStore
 from ..configuration_gritlm import ATTENTIONS
 from ..formatting import apply_chat_template, check_messages
 from ..generation.engine import GenerationOptions, GenerationResult, GenerationStream, Generator
-from ..generation.segments import CachedSegment, Part, Segment, resolve_segments, strip_prefix_end
-from ..validation import check_positive_int, check_str_list, check_text, check_texts
-from .documents import DocumentTable, document_id
+from ..generation.plan import Cached, PromptPlan, Text, Tokens
+from ..generation.recompute import Recompute
+from ..validation import check_positive_int, check_text, check_texts
+from .documents import DocumentTable
 from .embedding_pass import EmbeddingPass
-from .prompts import CACHED_QUERY_MODES, DocumentSlot, QuerySlot, RAGMode, RAGPrompts, check_mode
+from .index import DocumentIndex
+from .prompts import CACHED_QUERY_MODES, PLAIN_MODES, QUERY_PART_MODES, RAGMode, RAGPrompts, check_mode
+from .rerank import Reranker, candidate_items, rerank_ranked
 
 logger = logging.get_logger(__name__)
 
@@ -74,6 +71,9 @@ class GritRAG:
         weights_hash: how the fingerprint covers the weights (`compute_fingerprint`): `"full"` (every byte) or
             `"sample"`. Default: `"full"` for a `DiskKVStore` (entries outlive the process; the model may change in
             between), `"sample"` for memory stores.
+        recompute: selective recomputation of bidirectional cached states (`Recompute`, `"RULE:AMOUNT"` such as
+            `"deviation:0.15"`, or `"none"`). Default: the checkpoint's `cache_recompute` for bidirectional caches,
+            none for causal ones (they are exact already).
 
     Example:
 
@@ -101,14 +101,13 @@ class GritRAG:
         batch_decoding: bool = False,
         verify_positions: bool = True,
         weights_hash: Literal["full", "sample"] | None = None,
+        recompute: Recompute | str | float | int | None = None,
     ):
         if not hasattr(model, "encode") or not hasattr(model, "tokenizer"):
             raise TypeError(f"`model` must be a GritLMForCausalLM, got {type(model).__name__}.")
         cache_attention = model.config.cache_attention if cache_attention is None else cache_attention
         if cache_attention not in ATTENTIONS:
             raise ValueError(f"Invalid `cache_attention`: {cache_attention!r}. Valid choices are: {ATTENTIONS}.")
-        if store is not None and not isinstance(store, KVStore):
-            raise TypeError(f"`store` must be a KVStore, got {type(store).__name__}.")
         if prompts is not None and not isinstance(prompts, RAGPrompts):
             raise TypeError(f"`prompts` must be a RAGPrompts, got {type(prompts).__name__}.")
         if query_instruction is not None:
@@ -121,6 +120,9 @@ class GritRAG:
         self.generator = Generator(model, decode_cache, compile, batch_decoding)
         self.cache_attention = cache_attention
         self.causal_cache = cache_attention == "causal"
+        if recompute is None and not self.causal_cache:
+            recompute = model.config.cache_recompute
+        self.recompute = Recompute.parse(recompute)
         cache_max_length = cache_max_length or model.max_positions or max_length
         self.embedding_pass = EmbeddingPass(model, self.causal_cache, max_length, cache_max_length, batch_size)
         self.prompts = prompts if prompts is not None else RAGPrompts.for_model(model)
@@ -132,9 +134,9 @@ class GritRAG:
                 verify_rerotation(model)
         weights_hash = weights_hash or ("full" if isinstance(store, DiskKVStore) else "sample")
         self.fingerprint = compute_fingerprint(model, is_causal=self.causal_cache, weights_hash=weights_hash)
-        self.store = store if store is not None else MemoryKVStore()
-        self.store.bind(self.fingerprint)
-        self.documents = DocumentTable(model.config.text_config.hidden_size)
+        self.index = DocumentIndex(
+            self.embedding_pass, store if store is not None else MemoryKVStore(), self.fingerprint
+        )
 
     @property
     def lock(self):
@@ -153,7 +155,7 @@ class GritRAG:
         instruction = self.query_instruction if instruction is None else instruction
         return self.embedding_pass.run(texts, instruction, states=False)[0].float().cpu()
 
-    # -- indexing ----------------------------------------------------------------------------------------------------
+    # -- indexing (`grit_hf.rag.index.DocumentIndex`) ---------------------------------------------------------------
     def add_documents(
         self, texts: str | Sequence[str], ids: Sequence[str] | None = None, show_progress_bar: bool | None = None
     ) -> list[str]:
@@ -171,22 +173,7 @@ class GritRAG:
         Returns:
             The ids, in order.
         """
-        texts, _ = check_texts(texts, "texts")
-        if ids is None:
-            ids = [document_id(text) for text in texts]
-        else:
-            ids = check_str_list(ids, "ids")
-            if len(ids) != len(texts):
-                raise ValueError(f"`ids` must hold one id per text: {len(texts)} texts, {len(ids)} ids.")
-        new = self.documents.changed(ids, texts)
-        if not new:
-            return ids
-        embeddings, parts = self.embedding_pass.run(list(new.values()), "", states=True, progress=show_progress_bar)
-        uncached = [isinstance(part, list) for part in parts]  # too long to cache: any older entry is deleted
-        with self.lock:
-            self.store.put_many({i: None if cut else part for i, part, cut in zip(new, parts, uncached)})
-            self.documents.update(new, embeddings, uncached)
-        return ids
+        return self.index.add(texts, ids, show_progress_bar)
 
     def remove_documents(self, ids: Sequence[str]) -> list[str]:
         """Forget indexed documents: their texts, embeddings and stored states. Unknown ids are ignored.
@@ -194,12 +181,7 @@ class GritRAG:
         Returns:
             The ids that were indexed (and are now removed), in the order given.
         """
-        ids = check_str_list(ids, "ids")
-        with self.lock:
-            removed = self.documents.remove(ids)
-            for doc_id in removed:
-                self.store.delete(doc_id)
-        return removed
+        return self.index.remove(ids)
 
     @property
     def doc_ids(self) -> list[str]:
@@ -208,44 +190,63 @@ class GritRAG:
 
     def get_text(self, doc_id: str) -> str:
         """The text of an indexed document."""
-        return self.documents.texts[self.documents.check_known([doc_id])[0]]
+        return self.index.text(doc_id)
 
     def get_embeddings(self, doc_ids: Sequence[str]) -> torch.Tensor:
         """The stored embeddings `(n, dim)` (float32, CPU) of indexed documents, in the order of `doc_ids`."""
-        doc_ids = self.documents.check_known(doc_ids)
-        with self.lock:
-            return self.documents.embeddings_of(doc_ids)
+        return self.index.embeddings(doc_ids)
 
-    def _document(self, doc_id: str) -> KVStates | list[int]:
-        """The stored states of a document, recomputed (and stored again) if they were evicted or their entry is
-        damaged; the token ids of its embedding input if it is too long to cache."""
-        text = self.documents.texts[self.documents.check_known([doc_id])[0]]
-        if doc_id in self.documents.uncached:
-            return self.embedding_pass.input_ids(text, "")
-        try:
-            states = self.store.get(doc_id)
-        except CacheEntryError as error:  # e.g. a file damaged on disk: the document's text is still here
-            logger.warning(f"{error} Recomputing the states of {doc_id!r}.")
-            states = None
-        if states is None:
-            _, (states,) = self.embedding_pass.run([text], "", states=True, embeddings=False)
-            self.store.put(doc_id, states)
-        return states
+    @property
+    def documents(self) -> DocumentTable:
+        """The indexed documents' ids, texts and embeddings (`index.table`)."""
+        return self.index.table
+
+    @documents.setter
+    def documents(self, table: DocumentTable) -> None:
+        self.index.table = table
+
+    @property
+    def store(self) -> KVStore:
+        """Where the documents' states are stored (`index.store`; a store set here must carry this fingerprint)."""
+        return self.index.store
+
+    @store.setter
+    def store(self, store: KVStore) -> None:
+        self.index.store = store
 
     # -- retrieval ---------------------------------------------------------------------------------------------------
-    def search(self, query: str, top_k: int = 4) -> list[tuple[str, float]]:
-        """The `top_k` documents closest to `query` (cosine similarity), best first: `[(doc_id, score), ...]`."""
+    def search(
+        self, query: str, top_k: int = 4, rerank: str | Reranker | None = None, rerank_top_k: int = 10
+    ) -> list[tuple[str, float]]:
+        """The `top_k` documents closest to `query` (cosine similarity), best first: `[(doc_id, score), ...]`. With
+        `rerank` (`"likelihood"`, `"permutation"` or a `Reranker`), the first `max(top_k, rerank_top_k)` are reranked
+        by the same model (`rerank`) and the scores are the reranker's."""
         check_text(query, "query")
         check_positive_int(top_k, "top_k")
-        return self.documents.rank(self.embedding_pass.run([query], self.query_instruction, states=False)[0][0], top_k)
+        embedding = self.embedding_pass.run([query], self.query_instruction, states=False)[0][0]
+        ranked = self.documents.rank(embedding, max(top_k, rerank_top_k) if rerank else top_k)
+        return rerank_ranked(self, query, ranked, top_k, rerank, rerank_top_k)
+
+    def rerank(
+        self,
+        query: str,
+        doc_ids: Sequence[str] | None = None,
+        texts: Sequence[str] | None = None,
+        method: str | Reranker = "likelihood",
+        reuse_cache: bool = True,
+    ) -> list[float]:
+        """Relevance scores of candidates for `query` by this model (`grit_hf.rag.rerank`): indexed documents by
+        `doc_ids` (read from their cached states) or `texts` (indexed ones from their states, others as text).
+        `reuse_cache=False` reads every candidate as text (the reference). Higher is more relevant."""
+        check_text(query, "query")
+        reranker = method if isinstance(method, Reranker) else Reranker(method)
+        return reranker.scores(self, query, candidate_items(self, doc_ids, texts), reuse_cache)
 
     def query_states(self, query: str) -> KVStates | list[int]:
         """The states of `query` in its embedding format (query template + query) and the cache attention: what the
         query-caching modes reuse (`answer` takes them from the retrieval pass itself). A query longer than
         `cache_max_length` gives its full token ids instead (truncated states would drop part of it)."""
-        return self._query_states(check_text(query, "query"))
-
-    def _query_states(self, query: str) -> KVStates | list[int]:
+        check_text(query, "query")
         return self.embedding_pass.run([query], self.query_instruction, states=True, embeddings=False)[1][0]
 
     # -- prompts -----------------------------------------------------------------------------------------------------
@@ -253,117 +254,107 @@ class GritRAG:
         """Render `{"role", "content"}` messages (or one user message) with the checkpoint's chat template."""
         return apply_chat_template(self.tokenizer, check_messages(messages), self.model.config.chat_template)
 
-    def split_prompt(self, prompt: str, doc_ids: Sequence[str] | None = None) -> list[Segment]:
-        """Split a rendered prompt into segments, replacing each indexed document (of at least `MIN_CACHED_CHARS`
-        characters, with stored states) whose text appears verbatim by a `CachedSegment` (earliest, then longest
-        match first).
-
-        A cached document stands for `document_template + text`: if the template text directly precedes the match
-        it is absorbed (the prompt is unchanged); otherwise the spliced states add the template's tokens there.
-
-        Returns `[str, CachedSegment, str, ...]` (empty text pieces left out); `[prompt]` if no document appears.
-        """
+    def plan_prompt(self, prompt: str, doc_ids: Sequence[str] | None = None) -> PromptPlan:
+        """A rendered prompt as a plan: each indexed document (at least `MIN_CACHED_CHARS` characters, states stored;
+        all, or those of `doc_ids`) found verbatim becomes a `Cached` item (`DocumentTable.find_in`), the rest text.
+        This is how prompts written by other libraries (LangChain, LlamaIndex) reuse cached states; where the ids are
+        known, build the plan from them (`build_plan`). A cached document stands for `document_template + text`: a
+        template directly before the match is absorbed, otherwise the spliced states add its tokens there."""
         check_text(prompt, "prompt")
         doc_ids = None if doc_ids is None else self.documents.check_known(doc_ids)
-        return self.documents.split_prompt(prompt, doc_ids, self.model.config.document_template)
+        template = self.model.config.document_template
+        return PromptPlan(self.documents.plan_items(prompt, doc_ids, template), self.recompute)
 
-    def _text_ids(self, ids: list[int], first: bool) -> list[int]:
-        """`ids` without the special prefix (BOS) unless the part opens the prompt: exactly the ids a cached part
-        stands for at that place."""
-        return ids[strip_prefix_end(ids, self.generator.special_prefix, first) :]
-
-    def build_segments(
-        self, query: str, mode: RAGMode, doc_ids: Sequence[str], query_states: KVStates | list[int] | None = None
-    ) -> list[Segment]:
-        """The prompt of `mode` for `query` and the documents `doc_ids`, as segments for `generate_from_segments`.
-
-        Plain RAG modes give token id lists (exactly the ids the caching modes take from the cache, texts in full);
-        caching modes give `CachedSegment`s and the query's `KVStates` (`query_states`, computed here if not given).
-        """
+    def build_plan(
+        self,
+        query: str,
+        mode: RAGMode,
+        doc_ids: Sequence[str],
+        query_states: KVStates | list[int] | None = None,
+        recompute: Recompute | str | float | int | None = None,
+    ) -> PromptPlan:
+        """The prompt of `mode` for `query` and the documents `doc_ids` (`RAGPrompts.plan`). Documents are `Cached`
+        items and the query part its states (`query_states`, computed here if not given) or, in plain modes, the ids
+        of its embedding input; plain RAG modes resolve them as token ids (`resolve` does), so they read exactly the
+        ids the caching modes take from the cache. `recompute` overrides this instance's setting."""
         check_mode(mode)
         check_text(query, "query")
         doc_ids = [] if mode == "none" else self.documents.check_known(doc_ids)
-        return self._build_segments(query, mode, doc_ids, query_states)
+        if mode in CACHED_QUERY_MODES and query_states is None:
+            query_states = self.query_states(query)
+        elif mode == "rag_query_doc" and query_states is None:
+            query_states = self.embedding_pass.input_ids(query, self.query_instruction)
+        return self._plan(query, mode, doc_ids, query_states, self._recompute(recompute))
 
-    def _build_segments(
-        self, query: str, mode: RAGMode, doc_ids: list[str], query_states: KVStates | list[int] | None
-    ) -> list[Segment]:
+    def _plan(self, query: str, mode: str, doc_ids: list[str], query_part, recompute: Recompute | None) -> PromptPlan:
         if mode == "none":
             messages = [{"role": "user", "content": query}]
-            return [apply_chat_template(self.tokenizer, messages, self.model.config.chat_template)
-                    + self.prompts.response_prefix]  # fmt: skip
-        cached = mode not in ("rag_query_doc", "rag_doc_query")
-        if mode in CACHED_QUERY_MODES and query_states is None:
-            query_states = self._query_states(query)
-        segments: list[Segment] = []
-        for item in self.prompts.layout(mode, query, [self.documents.texts[d] for d in doc_ids]):
-            first = not segments
-            if isinstance(item, QuerySlot):
-                query_part = query_states if cached else self.embedding_pass.input_ids(query, self.query_instruction)
-                segments.append(self._text_ids(query_part, first) if isinstance(query_part, list) else query_part)
-            elif isinstance(item, DocumentSlot):
-                doc_id = doc_ids[item.index]
-                segments.append(
-                    CachedSegment(doc_id)
-                    if cached
-                    else self._text_ids(self.embedding_pass.input_ids(self.documents.texts[doc_id], ""), first)
-                )
-            else:
-                segments.append(item)
-        return segments
+            prompt = apply_chat_template(self.tokenizer, messages, self.model.config.chat_template)
+            return PromptPlan([Text(prompt + self.prompts.response_prefix)])
+        if query_part is not None:
+            query_part = Tokens(query_part, True) if isinstance(query_part, list) else Cached(states=query_part)
+        texts = [self.documents.texts[doc_id] for doc_id in doc_ids]
+        return self.prompts.plan(mode, query, texts, [Cached(d) for d in doc_ids], query_part, recompute)
+
+    def _recompute(self, recompute) -> Recompute | None:
+        return self.recompute if recompute is None else Recompute.parse(recompute)
 
     # -- generation --------------------------------------------------------------------------------------------------
-    def resolve(self, segments: Sequence[Segment], reuse_cache: bool = True) -> list[Part]:
-        """The `Part`s of a prompt given as segments (cached documents looked up in the store; see
-        `grit_hf.generation.segments`): what the generation engine composes."""
+    def resolve(self, plan: PromptPlan, reuse_cache: bool = True) -> PromptPlan:
+        """The plan ready to compose: stored documents looked up in this index (`PromptPlan.resolve`)."""
         with self.lock:
-            return resolve_segments(
-                segments, self.tokenizer, self._document, reuse_cache, prefix=self.generator.special_prefix
-            )
+            return plan.resolve(self.tokenizer, self.index, reuse_cache, prefix=self.generator.special_prefix)
 
-    def generate_from_segments(
+    def generate_from_plan(
         self,
-        segments: Sequence[Segment],
+        plan: PromptPlan | list,
         stream: bool = False,
         reuse_cache: bool = True,
         result: GenerationResult | None = None,
         **options,
     ) -> GenerationResult | GenerationStream:
-        """Generate after a prompt made of segments: text (`str`, run as is: no special tokens are added, so a
-        rendered chat prompt keeps its own), token id lists, `KVStates`, and `CachedSegment`s (a document's stored
-        states, re-rotated to their offset; they stand for `document_template + text`).
+        """Generate after a prompt plan: `Text` (run as is: no special tokens are added, so a rendered chat prompt
+        keeps its own), `Tokens`, and `Cached` items (a stored document's states, re-rotated to their offset; they
+        stand for `document_template + text`). A list of items or shorthands (`str`, token id lists, `KVStates`) is
+        taken as `PromptPlan.of(items, recompute=self.recompute)`.
 
         Args:
-            segments: the prompt, in order.
+            plan: the prompt.
             stream: return a `GenerationStream` of text deltas (the prompt is composed before it returns).
-            reuse_cache: `False` re-reads the cached parts' tokens as text (the no-cache reference).
+            reuse_cache: `False` re-reads the cached items' tokens as text (the no-cache reference).
             result: a `GenerationResult` to fill (e.g. carrying `doc_ids`).
             **options: `GenerationOptions` fields: `max_new_tokens` (default 256), `stop`, `temperature`, `top_p`,
                 `seed`, `ignore_eos`.
 
-        Returns a `GenerationResult` (text, token ids, prompt/cache-read/completion counts, finish reason), or a stream.
+        Returns a `GenerationResult` (text, token ids, prompt/cache-read/recomputed/completion counts, finish reason),
+        or a stream.
         """
-        return self._generate(segments, stream, reuse_cache, result, GenerationOptions(**options))
+        if not isinstance(plan, PromptPlan):
+            plan = PromptPlan.of(plan, self.recompute)
+        return self._generate(plan, stream, reuse_cache, result, GenerationOptions(**options))
 
-    def _generate(
-        self, segments: Sequence[Segment], stream: bool, reuse_cache: bool, result, options: GenerationOptions
-    ):
-        pieces = self.generator.stream(self.resolve(segments, reuse_cache), options, result)
+    def _generate(self, plan: PromptPlan, stream: bool, reuse_cache: bool, result, options: GenerationOptions):
+        pieces = self.generator.stream(self.resolve(plan, reuse_cache), options, result)
         return pieces if stream else pieces.consume()
 
     def generate(
-        self, prompt: str | list[dict[str, str]], stream: bool = False, reuse_cache: bool = True, **options
+        self,
+        prompt: str | list[dict[str, str]],
+        stream: bool = False,
+        reuse_cache: bool = True,
+        recompute: Recompute | str | float | int | None = None,
+        **options,
     ) -> GenerationResult | GenerationStream:
         """Answer a prompt (rendered text, or chat messages rendered with the chat template), splicing in the cached
-        states of every indexed document found in it verbatim (`split_prompt`); `doc_ids` of the result lists them.
-        `options` as for `generate_from_segments`."""
+        states of every indexed document found in it verbatim (`plan_prompt`); `doc_ids` of the result lists them.
+        `recompute` overrides this instance's setting; `options` as for `generate_from_plan`."""
         prompt = check_text(prompt, "prompt") if isinstance(prompt, str) else self.render_chat(prompt)
         if not prompt:
             raise ValueError("`prompt` is empty: there is nothing to continue.")
-        template = self.model.config.document_template
-        segments = self.documents.split_prompt(prompt, None, template) if reuse_cache else [prompt]
-        doc_ids = list(dict.fromkeys(s.doc_id for s in segments if isinstance(s, CachedSegment)))
-        return self.generate_from_segments(segments, stream, result=GenerationResult(doc_ids=doc_ids), **options)
+        plan = self.plan_prompt(prompt) if reuse_cache else PromptPlan([Text(prompt)])
+        plan.recompute = self._recompute(recompute)
+        result = GenerationResult(doc_ids=plan.doc_ids)
+        return self._generate(plan, stream, reuse_cache, result, GenerationOptions(**options))
 
     def answer(
         self,
@@ -372,29 +363,40 @@ class GritRAG:
         top_k: int = 1,
         doc_ids: Sequence[str] | None = None,
         stream: bool = False,
+        recompute: Recompute | str | float | int | None = None,
+        rerank: str | Reranker | None = None,
+        rerank_top_k: int = 10,
         **options,
     ) -> GenerationResult | GenerationStream:
         """Retrieve the `top_k` documents for `query` (or use `doc_ids`) and answer with `mode` (see the module
-        docstring). Returns a `GenerationResult` (`text`, `doc_ids`, `scores`, `mode`, `cache_read_tokens`, ...), or
-        with `stream=True` a `GenerationStream` whose `result` is complete at the end. `options` as for
-        `generate_from_segments` (`max_new_tokens` defaults to 64 here)."""
+        docstring). Returns a `GenerationResult` (`text`, `doc_ids`, `scores`, `mode`, `cache_read_tokens`,
+        `recomputed_tokens`, ...), or with `stream=True` a `GenerationStream` whose `result` is complete at the end.
+        `recompute` overrides this instance's setting; `rerank` reranks the first `rerank_top_k` retrieved before the
+        `top_k` are kept (as `search` does); `options` as for `generate_from_plan` (`max_new_tokens` defaults to 64
+        here)."""
         check_text(query, "query")
         check_mode(mode)
         check_positive_int(top_k, "top_k")
         options.setdefault("max_new_tokens", 64)
         options = GenerationOptions(**options)
-        query_states, scores = None, []
+        recompute = self._recompute(recompute)
+        query_part, scores = None, []
         if mode == "none":
             doc_ids = []
         elif doc_ids is None:
             embedding, parts = self.embedding_pass.run([query], self.query_instruction, mode in CACHED_QUERY_MODES)
-            ranked = self.documents.rank(embedding[0], top_k)
+            ranked = self.documents.rank(embedding[0], max(top_k, rerank_top_k) if rerank else top_k)
+            ranked = rerank_ranked(self, query, ranked, top_k, rerank, rerank_top_k)
             if not ranked:
                 raise ValueError("No documents are indexed: call `add_documents` first.")
             doc_ids, scores = [doc_id for doc_id, _ in ranked], [score for _, score in ranked]
-            query_states = parts[0] if parts else None
+            query_part = parts[0]
         else:
             doc_ids = self.documents.check_known(doc_ids)
-        segments = self._build_segments(query, mode, doc_ids, query_states)
+            if mode in QUERY_PART_MODES:
+                query_part = self.embedding_pass.run(
+                    [query], self.query_instruction, mode in CACHED_QUERY_MODES, embeddings=False
+                )[1][0]
+        plan = self._plan(query, mode, doc_ids, query_part, recompute)
         result = GenerationResult(doc_ids=list(doc_ids), scores=scores, mode=mode)
-        return self._generate(segments, stream, True, result, options)
+        return self._generate(plan, stream, mode not in PLAIN_MODES, result, options)

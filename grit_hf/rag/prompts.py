@@ -26,6 +26,10 @@ The modes of `GritRAG.answer` and their layouts:
 | `doc` | as `rag_doc_query` | the document part(s) (states stored by `add_documents`) |
 | `query_doc` | query part + document part(s) + `query_doc_cached` suffix | both |
 | `doc_query` | document part(s) + query part + `doc_query_cached` suffix | both |
+
+`RAGPrompts.plan` is the one slot filler: `GritRAG.answer` and the trainer's cache loss both build their prompts with
+it (`grit_hf.generation.plan.PromptPlan`). A plain RAG mode is its caching mode's plan resolved with
+`reuse_cache=False` (the cached parts read as their exact token ids).
 """
 
 from __future__ import annotations
@@ -36,25 +40,29 @@ from typing import Literal
 
 from transformers.utils import logging
 
+from ..generation.plan import PlanItem, PromptPlan, Text
+from ..generation.recompute import Recompute
+
 logger = logging.get_logger(__name__)
 
 __all__ = [
     "RAGMode",
     "RAG_MODES",
     "CACHING_MODES",
+    "PLAIN_MODES",
+    "QUERY_PART_MODES",
     "CACHED_QUERY_MODES",
     "RAGPrompts",
-    "QuerySlot",
-    "DocumentSlot",
     "fill",
     "chat_markers",
-    "split_on_texts",
     "check_mode",
 ]
 
 RAGMode = Literal["none", "rag_query_doc", "rag_doc_query", "query", "doc", "query_doc", "doc_query"]
 RAG_MODES = ("none", "rag_query_doc", "rag_doc_query", "query", "doc", "query_doc", "doc_query")
 CACHING_MODES = ("query", "doc", "query_doc", "doc_query")
+PLAIN_MODES = ("none", "rag_query_doc", "rag_doc_query")
+QUERY_PART_MODES = ("query", "rag_query_doc", "query_doc", "doc_query")
 CACHED_QUERY_MODES = ("query", "query_doc", "doc_query")
 
 _PLACEHOLDER = re.compile(r"\{(query|doc|user|assistant)\}")
@@ -150,32 +158,43 @@ class RAGPrompts:
             self.response_prefix
         )
 
-    def layout(self, mode: str, query: str, doc_texts: list[str]) -> list[str | QuerySlot | DocumentSlot]:
-        """The prompt of `mode` (any but `none`) as text pieces and slots for the query part and each document
-        part, in order. `GritRAG` fills the slots with cached states or token ids, the trainer's cache loss with
-        states computed with gradients, so inference and training build the same prompt."""
+    def plan(
+        self,
+        mode: str,
+        query: str,
+        doc_texts: list[str],
+        documents: list[PlanItem],
+        query_part: PlanItem | None = None,
+        recompute: Recompute | None = None,
+    ) -> PromptPlan:
+        """The prompt of `mode` (any but `none`): the query part and each document's part where the mode puts them,
+        and the mode's text around them (the table in the module docstring).
+
+        Args:
+            mode: the RAG mode.
+            query: the query's text (written into the suffix of document-first modes).
+            doc_texts: the documents' texts (written into the suffix of query-first modes).
+            documents: what stands for each document: `Cached(doc_id)`, given states, or the ids of its embedding input.
+            query_part: what stands for the query part (template + query), in modes that have one.
+            recompute: the plan's selective-recomputation setting.
+        """
         if mode not in RAG_MODES or mode == "none":
             raise ValueError(f"Invalid `mode`: {mode!r}. Valid modes with documents are: {RAG_MODES[1:]}.")
-        documents = [DocumentSlot(index) for index in range(len(doc_texts))]
+        if len(documents) != len(doc_texts):
+            raise ValueError(
+                f"`documents` must hold one part per text: {len(doc_texts)} texts, {len(documents)} parts."
+            )
+        if mode in QUERY_PART_MODES and query_part is None:
+            raise ValueError(f"Mode {mode!r} puts the query part in the prompt: give `query_part`.")
         if mode in ("query", "rag_query_doc"):
-            return [QuerySlot(), self.suffix(mode, doc=self.doc_separator.join(doc_texts))]
-        if mode in ("doc", "rag_doc_query"):
-            return [*documents, self.suffix(mode, query=query)]
-        if mode == "query_doc":
-            return [QuerySlot(), *documents, self.suffix(mode)]
-        return [*documents, QuerySlot(), self.suffix(mode)]
-
-
-@dataclass(frozen=True)
-class QuerySlot:
-    """Where the query part (query template + query) goes in a RAG prompt layout."""
-
-
-@dataclass(frozen=True)
-class DocumentSlot:
-    """Where the document part (document template + text) of document `index` goes in a RAG prompt layout."""
-
-    index: int
+            items = [query_part, Text(self.suffix(mode, doc=self.doc_separator.join(doc_texts)))]
+        elif mode in ("doc", "rag_doc_query"):
+            items = [*documents, Text(self.suffix(mode, query=query))]
+        elif mode == "query_doc":
+            items = [query_part, *documents, Text(self.suffix(mode))]
+        else:
+            items = [*documents, query_part, Text(self.suffix(mode))]
+        return PromptPlan(items, recompute)
 
 
 def chat_markers(tokenizer, template: str) -> tuple[str, str] | None:
@@ -205,35 +224,6 @@ def chat_markers(tokenizer, template: str) -> tuple[str, str] | None:
     if not user or not assistant:
         return None
     return user, assistant
-
-
-def split_on_texts(prompt: str, texts: dict[str, str], template: str = "") -> list[str | tuple[str]]:
-    """Split `prompt` at verbatim occurrences of `texts` (`{id: text}`): `[str, (id,), str, ...]`.
-
-    The earliest match wins, then the longest; overlapping matches are skipped. A `template` directly before a match
-    is taken into the match (a cached document stands for `template + text`). Empty text pieces are left out.
-    """
-    matches = []
-    for doc_id, text in texts.items():
-        start = prompt.find(text) if text else -1
-        while start >= 0:
-            matches.append((start, -len(text), doc_id))
-            start = prompt.find(text, start + 1)
-    pieces: list[str | tuple[str]] = []
-    position = 0
-    for start, negative_length, doc_id in sorted(matches):
-        if start < position:
-            continue
-        end = start - negative_length
-        if template and prompt.endswith(template, position, start):
-            start -= len(template)
-        if start > position:
-            pieces.append(prompt[position:start])
-        pieces.append((doc_id,))
-        position = end
-    if position < len(prompt):
-        pieces.append(prompt[position:])
-    return pieces
 
 
 def check_mode(mode: str) -> None:

@@ -2,8 +2,12 @@
 shared `GritRAG`, which splices in the cached states of every indexed document found verbatim in the conversation.
 
 Extensions: `documents` (ids of indexed documents, put before the last user message, so a client asks for doc caching
-by id without sending the texts), `reuse_cache` (`false` re-reads every document as text: the no-cache reference) and
-`ignore_eos` (decode exactly `max_tokens` tokens, for benchmarks). The response's
+by id without sending the texts), `reuse_cache` (`false` re-reads every document as text: the no-cache reference,
+exactly the same token ids) and `ignore_eos` (decode exactly `max_tokens` tokens, for benchmarks).
+
+The prompt is a `PromptPlan` built once: documents named by id go in as `Cached` items where the chat template puts
+the last user message (never pasted as text to be found again); texts a client pasted itself are found by
+`GritRAG.plan_prompt`. The plan is resolved (tokenized, documents looked up) once, under the model's lock. The response's
 `usage.prompt_tokens_details.cached_tokens` counts the prompt tokens whose states were reused, and the extension field
 `cached_documents` lists the documents they came from.
 """
@@ -21,7 +25,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from jinja2.exceptions import TemplateError
 
-from ..generation.engine import GenerationOptions, GenerationStream
+from ..generation.engine import GenerationOptions, GenerationResult, GenerationStream
+from ..generation.plan import Cached, PromptPlan, Text
 from ..validation import check_text
 from .errors import APIError, error_body
 from .limits import check_count
@@ -71,18 +76,34 @@ def _messages(body: ChatRequest) -> list[dict[str, str]]:
     return messages
 
 
-def _with_documents(state: ServerState, body: ChatRequest, messages: list[dict[str, str]]) -> list[dict[str, str]]:
-    """The `documents` extension: the documents' texts, then the last user message's content, in that message."""
+_DOCUMENTS_MARK = "\x00grit-hf documents\x00"
+"""Where the `documents` extension's documents go in the rendered prompt (before the last user message's content)."""
+
+
+def _check_documents(state: ServerState, body: ChatRequest, messages: list[dict[str, str]]) -> int:
+    """The index of the last user message, which the `documents` extension's documents go into (400/404 otherwise)."""
     ids = body.documents or []
     check_count(len(ids), state.limits.max_inputs, "documents", "document ids")
     state.documents.check_known(ids, "documents")
     last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
     if last_user is None:
         raise APIError(400, "`documents` needs a user message to put the documents in.", "documents")
-    texts = [state.documents.text(doc_id) for doc_id in ids]
-    messages = [dict(message) for message in messages]
-    messages[last_user]["content"] = "\n\n".join([*texts, messages[last_user]["content"]])
-    return messages
+    return last_user
+
+
+def _plan(rag, messages: list[dict[str, str]], doc_ids: list[str], last_user: int | None) -> PromptPlan:
+    """The conversation as a prompt plan: rendered with the chat template, the documents named by id (each
+    followed by a blank line) as cached items before the last user message's content, and any indexed text the
+    client pasted itself found by `plan_prompt`."""
+    if last_user is None:
+        return rag.plan_prompt(rag.render_chat(messages))
+    marked = [dict(message) for message in messages]
+    marked[last_user]["content"] = _DOCUMENTS_MARK + marked[last_user]["content"]
+    before, mark, after = rag.render_chat(marked).partition(_DOCUMENTS_MARK)
+    if not mark:
+        raise APIError(400, "The chat template dropped the last user message: cannot place `documents`.", "documents")
+    documents = [item for doc_id in doc_ids for item in (Cached(doc_id), Text("\n\n"))]
+    return PromptPlan([*rag.plan_prompt(before).items, *documents, *rag.plan_prompt(after).items], rag.recompute)
 
 
 def _unsupported(body: ChatRequest) -> None:
@@ -136,24 +157,32 @@ def _options(state: ServerState, body: ChatRequest) -> dict[str, Any]:
         raise APIError(400, str(error).replace("max_new_tokens", param), field) from None
 
 
-def _stream_factory(state: ServerState, messages: list[dict[str, str]], body: ChatRequest, options: dict[str, Any]):
+def _stream_factory(
+    state: ServerState,
+    messages: list[dict[str, str]],
+    body: ChatRequest,
+    options: dict[str, Any],
+    last_user: int | None,
+):
     rag = state.rag
 
     def make_stream() -> GenerationStream:
-        try:
-            prompt = rag.render_chat(messages)
-        except TemplateError as error:
-            raise APIError(400, f"The chat template refused the messages: {error}", "messages") from None
-        count = state.count_tokens([prompt])[0]
-        if count > state.limits.max_prompt_tokens:
-            raise APIError(
-                400,
-                f"The rendered prompt has {count} tokens; the server accepts at most {state.limits.max_prompt_tokens}.",
-                "messages",
-                "context_length_exceeded",
-            )
-        with rag.lock:  # documents are not removed while the prompt is split and composed
-            return rag.generate(prompt, stream=True, reuse_cache=body.reuse_cache, **options)
+        with rag.lock:  # documents are not removed while the prompt is planned, resolved and composed
+            try:
+                plan = _plan(rag, messages, body.documents or [], last_user)
+            except TemplateError as error:
+                raise APIError(400, f"The chat template refused the messages: {error}", "messages") from None
+            plan = rag.resolve(plan, body.reuse_cache)
+            if plan.num_tokens > state.limits.max_prompt_tokens:
+                raise APIError(
+                    400,
+                    f"The prompt has {plan.num_tokens} tokens; the server accepts at most "
+                    f"{state.limits.max_prompt_tokens}.",
+                    "messages",
+                    "context_length_exceeded",
+                )
+            result = GenerationResult(doc_ids=plan.doc_ids)
+            return rag.generate_from_plan(plan, stream=True, result=result, **options)
 
     return make_stream
 
@@ -172,6 +201,13 @@ def _timeout(state: ServerState) -> APIError:
     return APIError(
         504, f"The request took longer than the server's limit of {state.limits.request_timeout:g} s.", code="timeout"
     )
+
+
+async def _failure(state: ServerState, job: GenerationJob, kind: str, value) -> APIError:
+    """The error a job that timed out or failed ends with, once it is closed (so its slot is free again before the
+    client hears of the failure)."""
+    await job.close()
+    return _timeout(state) if kind == "timeout" else _as_api_error(value)
 
 
 async def _wait_for_disconnect(request: Request) -> None:
@@ -208,12 +244,14 @@ async def chat_completions(body: ChatRequest, request: Request) -> Response:
     state.check_model(body.model)
     _unsupported(body)
     messages = _messages(body)
-    if body.documents:
-        messages = _with_documents(state, body, messages)
+    last_user = _check_documents(state, body, messages) if body.documents else None
     options = _options(state, body)
     state.slots.try_acquire()
     job = GenerationJob(
-        state.executor, _stream_factory(state, messages, body, options), state.deadline(), state.slots.release
+        state.executor,
+        _stream_factory(state, messages, body, options, last_user),
+        state.deadline(),
+        state.slots.release,
     )
     request_id, created, model = new_id("chatcmpl"), int(time.time()), state.settings.model_name
     disconnected = asyncio.ensure_future(_wait_for_disconnect(request))
@@ -227,8 +265,7 @@ async def chat_completions(body: ChatRequest, request: Request) -> Response:
         disconnected.cancel()
         if kind == "disconnected":
             return Response(status_code=499)
-        await job.close()  # the slot is free again before the client hears of the failure
-        raise _timeout(state) if kind == "timeout" else _as_api_error(value)
+        raise await _failure(state, job, kind, value)
     if body.stream:
         disconnected.cancel()  # the streaming response listens for the disconnect itself
         include_usage = body.stream_options is not None and body.stream_options.include_usage
@@ -250,8 +287,7 @@ async def chat_completions(body: ChatRequest, request: Request) -> Response:
             elif kind == "disconnected":
                 return Response(status_code=499)
             elif kind in ("timeout", "error"):
-                await job.close()  # the slot is free again before the client hears of the failure
-                raise _timeout(state) if kind == "timeout" else _as_api_error(value)
+                raise await _failure(state, job, kind, value)
     finally:
         job.cancel()
         disconnected.cancel()
@@ -285,8 +321,7 @@ async def _events(
                 yield _sse("[DONE]")
                 return
             else:
-                await job.close()  # the slot is free again before the client hears of the failure
-                error = _timeout(state) if kind == "timeout" else _as_api_error(value)
+                error = await _failure(state, job, kind, value)
                 yield _sse(error_body(error.status, error.message, error.param, error.code))
                 return
     finally:

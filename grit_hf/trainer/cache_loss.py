@@ -2,9 +2,10 @@
 
 For a RAG example (documents, a question, an answer), the documents' key/value states are taken from the embedding
 pass (document template, the model's embedding attention, each document alone at position 0), exactly as `GritRAG`
-stores them; the prompt of the caching mode is then composed with `grit_hf.generation.compose` (the one code path inference
-uses: documents re-rotated to their offsets, a BOS only at the start) and the rest of the prompt plus the answer runs
-causally on top. The loss is the next-token cross-entropy on the answer (and its end token), or, for a teacher's
+stores them; the prompt of the caching mode is built by the slot filler inference uses (`RAGPrompts.plan`) and
+composed with `grit_hf.generation.compose` (the one code path inference uses: documents re-rotated to their offsets, a
+BOS only at the start, the positions chosen by the selective-recomputation setting computed again) and the rest of
+the prompt plus the answer runs causally on top. The loss is the next-token cross-entropy on the answer (and its end token), or, for a teacher's
 answer, optionally the KL divergence to the teacher's next-token distributions; gradients flow through the embedding
 pass. The teacher is the same model in plain-RAG mode: the same token ids, all run as text, causally, without
 gradient. Query caching modes take the query's states from its embedding pass the same way.
@@ -25,8 +26,9 @@ from ..cache.states import KVStates, cache_from_layers, split_batch_cache
 from ..formatting import pad_right, pad_token_id
 from ..generation.compose import continuation_logits
 from ..generation.engine import Generator
-from ..generation.segments import CachedSegment, Part, resolve_segments, special_prefix
-from ..rag.prompts import DocumentSlot, QuerySlot, RAGPrompts
+from ..generation.plan import Cached, PromptPlan, Tokens, special_prefix
+from ..generation.recompute import Recompute
+from ..rag.prompts import CACHED_QUERY_MODES, RAGPrompts
 
 __all__ = [
     "CacheExample", "CachePrompter", "CacheStream", "activation_checkpointing_paused", "answer_weights", "cache_loss",
@@ -49,16 +51,20 @@ class CacheExample:
 
 
 class CachePrompter:
-    """Builds the prompt parts of cache-loss examples the way `GritRAG` does at inference.
+    """Builds the prompt plans of cache-loss examples the way `GritRAG` does at inference (`RAGPrompts.plan`).
 
     Args:
         model: the (unwrapped) GRIT model; its tokenizer and templates are used.
         prompts: the RAG prompt formats (`RAGPrompts.for_model(model)` by default).
         query_instruction: the instruction of query parts (default: the config's `default_query_instruction`).
         max_length: tokens per document or query part, template included.
+        recompute: the selective-recomputation setting of the cached parts (as `GritRAG(recompute=...)`).
     """
 
-    def __init__(self, model, prompts: RAGPrompts | None = None, query_instruction: str | None = None, max_length=512):
+    def __init__(
+        self, model, prompts: RAGPrompts | None = None, query_instruction: str | None = None, max_length=512,
+        recompute: Recompute | None = None,
+    ):  # fmt: skip
         self.model = model
         self.tokenizer = model.tokenizer
         self.prompts = prompts if prompts is not None else RAGPrompts.for_model(model)
@@ -67,35 +73,32 @@ class CachePrompter:
         )
         self.max_length = max_length
         self.prefix = special_prefix(self.tokenizer)
+        self.recompute = recompute
 
-    def _inputs(self, example: CacheExample) -> list[tuple[str, str]]:
-        """`(key, token ids)` of every part the embedding pass computes: documents, then the query if cached."""
-        layout = self.prompts.layout(example.mode, example.question, example.documents)
-        keys = [f"d{item.index}" for item in layout if isinstance(item, DocumentSlot)]
+    def _inputs(self, example: CacheExample) -> list[tuple[str, list[int]]]:
+        """`(key, token ids)` of every part the embedding pass computes: documents (`d0`, `d1`, ...), then the query
+        (`q`) in modes that cache it."""
         rows = self.model.tokenize_for_embedding(example.documents, "", self.max_length, warn=False).token_ids
-        inputs = [(key, rows[int(key[1:])]) for key in keys]
-        if any(isinstance(item, QuerySlot) for item in layout):
+        inputs = [(f"d{index}", ids) for index, ids in enumerate(rows)]
+        if example.mode in CACHED_QUERY_MODES:
             query = self.model.tokenize_for_embedding(
                 [example.question], self.query_instruction, self.max_length, warn=False
             )
             inputs.append(("q", query.token_ids[0]))
         return inputs
 
-    def parts(self, example: CacheExample, states: dict[str, KVStates] | None = None) -> list[Part]:
-        """The prompt parts of `example` (the answer excluded): cached parts hold `states[key]`, or, when `states` is
-        `None`, their token ids as text (the plain-RAG counterpart, exactly the same ids)."""
-        layout = self.prompts.layout(example.mode, example.question, example.documents)
-        pieces = dict(self._inputs(example)) if states is None else states
-        segments = [
-            CachedSegment(f"d{item.index}")
-            if isinstance(item, DocumentSlot)
-            else CachedSegment("q")
-            if isinstance(item, QuerySlot)
-            else item
-            for item in layout
-        ]
-
-        return resolve_segments(segments, self.tokenizer, pieces.__getitem__, prefix=self.prefix)
+    def plan(self, example: CacheExample, states: dict[str, KVStates] | None = None) -> PromptPlan:
+        """The resolved prompt plan of `example` (the answer excluded): cached parts hold `states[key]`, or, when
+        `states` is `None`, their token ids (the plain-RAG counterpart, exactly the same ids)."""
+        if states is None:
+            parts = {key: Tokens(ids, embedding_input=True) for key, ids in self._inputs(example)}
+        else:
+            parts = {key: Cached(states=value) for key, value in states.items()}
+        documents = [parts[f"d{index}"] for index in range(len(example.documents))]
+        plan = self.prompts.plan(
+            example.mode, example.question, example.documents, documents, parts.get("q"), self.recompute
+        )
+        return plan.resolve(self.tokenizer, prefix=self.prefix)
 
     def states(self, examples: Sequence[CacheExample], states_fn: StatesFn) -> list[dict[str, KVStates]]:
         """The embedding pass's states of every part of `examples`, in one padded forward (with gradients if enabled)."""
@@ -111,31 +114,32 @@ class CachePrompter:
         return result
 
 
-def _signature(example: CacheExample, parts: list[Part]) -> tuple:
-    """Prompts with equal signatures have the same shape and are composed as one batch."""
-    return (example.from_teacher, len(example.answer_ids), *((p.states is None, p.start, p.stop) for p in parts))
+def _signature(example: CacheExample, plan: PromptPlan) -> tuple:
+    """Plans with equal signatures have the same shape and are composed as one batch."""
+    shape = ((isinstance(i, Tokens), getattr(i, "start", 0), i.num_tokens) for i in plan.items)
+    return (example.from_teacher, len(example.answer_ids), *shape)
 
 
-def _stack(prompts: list[list[Part]]) -> list[Part]:
-    """One batched prompt (`Part.ids` as `[batch, n]` tensors, states concatenated along the batch) from prompts of
-    the same shape."""
+def _stack(plans: list[PromptPlan]) -> PromptPlan:
+    """One batched plan (ids as `[batch, n]` tensors, states concatenated along the batch) from plans of the same
+    shape."""
     stacked = []
-    for column in zip(*prompts):
+    for column in zip(*(plan.items for plan in plans)):
         first = column[0]
-        ids = torch.tensor([list(part.ids) for part in column], dtype=torch.long)
-        if first.states is None:
-            stacked.append(Part(ids))
+        if isinstance(first, Tokens):
+            stacked.append(Tokens(torch.tensor([list(item.ids) for item in column], dtype=torch.long)))
             continue
+        ids = torch.stack([item.states.input_ids for item in column])
         layers = [
             (
-                torch.cat([part.states.layers()[i][0] for part in column]),
-                torch.cat([part.states.layers()[i][1] for part in column]),
+                torch.cat([item.states.layers()[i][0] for item in column]),
+                torch.cat([item.states.layers()[i][1] for item in column]),
             )
             for i in range(len(first.states.layers()))
         ]
         states = KVStates(ids, cache_from_layers(layers), first.states.is_causal)
-        stacked.append(Part(ids, states, first.start, first.end))
-    return stacked
+        stacked.append(Cached(states=states, start=first.start, end=first.end))
+    return PromptPlan(stacked, plans[0].recompute)
 
 
 @contextlib.contextmanager
@@ -197,22 +201,21 @@ def answer_weights(length: int, half_life: float | None, device=None) -> torch.T
 def _cache_loss(forward, states_fn, prompter, examples, rotary_emb, teacher_loss, half_life) -> torch.Tensor:
     eos_id = prompter.tokenizer.eos_token_id
     device = prompter.model.device
-    groups: dict[tuple, list[tuple[CacheExample, list[Part]]]] = {}
+    groups: dict[tuple, list[tuple[CacheExample, PromptPlan]]] = {}
     for example, states in zip(examples, prompter.states(examples, states_fn)):
-        parts = prompter.parts(example, states)
-        groups.setdefault(_signature(example, parts), []).append((example, parts))
+        plan = prompter.plan(example, states)
+        groups.setdefault(_signature(example, plan), []).append((example, plan))
     total, count = torch.zeros((), device=device), 0
     for members in groups.values():
         group = [example for example, _ in members]
-        parts = _stack([example_parts for _, example_parts in members])
+        plan = _stack([example_plan for _, example_plan in members])
         answers = torch.tensor([example.answer_ids for example in group], dtype=torch.long).reshape(len(group), -1)
-        logits = continuation_logits(forward, parts, answers, rotary_emb, device).float()
+        logits = continuation_logits(forward, plan, answers, rotary_emb, device).float()
         targets = answers if eos_id is None else torch.cat([answers, torch.full((len(group), 1), eos_id)], dim=1)
         logits = logits[:, : targets.shape[1]]  # without an end token, the prediction after the answer is not used
         if group[0].from_teacher and teacher_loss == "kl":
             with torch.no_grad():
-                plain = [part.as_text() if part.states is not None else part for part in parts]
-                teacher = continuation_logits(forward, plain, answers, None, device).float()
+                teacher = continuation_logits(forward, plan.as_text(), answers, None, device).float()
                 teacher = teacher[:, : targets.shape[1]].log_softmax(-1)
             losses = F.kl_div(logits.log_softmax(-1), teacher, log_target=True, reduction="none").sum(-1)
         else:
@@ -228,7 +231,7 @@ def teacher_answers(prompter: CachePrompter, examples: Sequence[CacheExample], m
     """The model's greedy plain-RAG answers (document text in the prompt, causal, no gradient) to `examples`: the
     teacher's targets. One batched `generate` call (left padding) over the plain prompts' token ids."""
     model = prompter.model
-    prompts = [[t for part in prompter.parts(example) for t in part.ids] for example in examples]
+    prompts = [[t for item in prompter.plan(example).items for t in item.ids] for example in examples]
     width = max(len(ids) for ids in prompts)
     pad = pad_token_id(prompter.tokenizer)
     input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompts], device=model.device)
@@ -265,13 +268,14 @@ class CacheStream:
         teacher_loss: `"ce"` or `"kl"` for teacher answers.
         prompts: the RAG prompt formats (default: `RAGPrompts.for_model(model)`).
         answer_half_life: weighs the first answer tokens more (see `cache_loss`).
+        recompute: the selective recomputation of the cached parts, trained as inference runs it.
     """
 
     def __init__(
         self, model, dataset, sampler, modes, max_length: int, max_answer_tokens: int, teacher_loss: str,
-        prompts: RAGPrompts | None = None, answer_half_life: float | None = None,
+        prompts: RAGPrompts | None = None, answer_half_life: float | None = None, recompute: Recompute | None = None,
     ):  # fmt: skip
-        self.prompter = CachePrompter(model, prompts=prompts, max_length=max_length)
+        self.prompter = CachePrompter(model, prompts=prompts, max_length=max_length, recompute=recompute)
         self.dataset, self.sampler, self.modes = dataset, sampler, list(modes)
         self.max_answer_tokens, self.teacher_loss = max_answer_tokens, teacher_loss
         self.answer_half_life = answer_half_life

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from transformers.utils import logging
 from trl import SFTConfig
 
+from ..generation.recompute import Recompute
 from ..rag.prompts import CACHING_MODES
 from ..validation import check_non_negative_number, check_positive_int
 from .losses import GEN_LOSS_AGGREGATIONS
@@ -65,6 +66,10 @@ class GRITConfig(SFTConfig):
         cache_answer_half_life (`float`, *optional*):
             Aims the cache loss at the first answer tokens, where answers from cached states part from plain RAG's:
             answer token `t` weighs `0.5 ** (t / cache_answer_half_life)`. `None` weighs every token the same.
+        cache_recompute (`str`, *optional*):
+            Selective recomputation of the cached parts in the cache loss, `"RULE:AMOUNT"` (e.g. `"head:6"`,
+            `"deviation:0.15"`; `grit_hf.generation.recompute`), as `GritRAG` runs it at inference; recorded in the
+            checkpoint as its `cache_recompute`, the setting `GritRAG` then uses by default. `None`: none.
         cache_prompts (`dict`, *optional*):
             `RAGPrompts` fields to override in the cache loss's prompts (e.g. a shorter `doc_cached` suffix); give the
             same `RAGPrompts` to `GritRAG` at inference.
@@ -149,6 +154,9 @@ class GRITConfig(SFTConfig):
     cache_answer_half_life: float | None = field(
         default=None, metadata={"help": "Weigh answer token t by 0.5 ** (t / half_life) in the cache loss (None: 1)."}
     )
+    cache_recompute: str | None = field(
+        default=None, metadata={"help": "Selective recomputation in the cache loss, 'RULE:AMOUNT' (None: none)."}
+    )
     cache_prompts: dict[str, str] | None = field(
         default=None, metadata={"help": "RAGPrompts fields overridden in the cache loss's prompts."}
     )
@@ -214,7 +222,9 @@ class GRITConfig(SFTConfig):
         if self.cache_answer_half_life is not None and not check_non_negative_number(
             self.cache_answer_half_life, "cache_answer_half_life"
         ):
-            raise ValueError(f"`cache_answer_half_life` must be positive or None, got {self.cache_answer_half_life!r}.")
+            raise ValueError(
+                f"`cache_answer_half_life` must be positive or None, got {self.cache_answer_half_life!r}."
+            )
         for name in ("emb_chunk_size", "gen_sub_batch_size", "cache_document_max_length"):
             check_positive_int(getattr(self, name), name, allow_none=True)
         if self.num_hard_negatives < 0:
@@ -234,6 +244,9 @@ class GRITConfig(SFTConfig):
         unknown = [mode for mode in self.cache_modes if mode not in CACHING_MODES]
         if unknown or not self.cache_modes:
             raise ValueError(f"Invalid `cache_modes`: {self.cache_modes!r}. Valid modes are: {CACHING_MODES}.")
+        self.cache_recompute = (
+            None if Recompute.parse(self.cache_recompute) is None else str(Recompute.parse(self.cache_recompute))
+        )
         if self.cache_teacher_loss not in CACHE_TEACHER_LOSSES:
             raise ValueError(
                 f"Invalid `cache_teacher_loss`: {self.cache_teacher_loss!r}. Valid choices are: {CACHE_TEACHER_LOSSES}."

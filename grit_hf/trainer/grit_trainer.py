@@ -18,6 +18,7 @@ from trl import SFTTrainer
 from ..checkpoint.saving import save_grit_checkpoint
 from ..folders.adapters import ADAPTER_GRIT_CONFIG
 from ..folders.resolve import checkpoint_display_name
+from ..generation.recompute import Recompute
 from ..modeling_gritlm import GritLMForCausalLM, GritLMPreTrainedModel
 from ..rag.prompts import RAGPrompts
 from .cache_data import load_cache_dataset
@@ -156,7 +157,9 @@ class GRITTrainer(SFTTrainer):
         self._cache_stream = None
         if args.lambda_cache > 0:
             self._cache_stream = self._make_cache_stream(args, cache_dataset, grit_model)
-            _unwrap_grit(self.model).config.cache_attention = "bidirectional"  # recorded in every checkpoint
+            config = _unwrap_grit(self.model).config  # recorded in every checkpoint
+            config.cache_attention = "bidirectional"
+            config.cache_recompute = args.cache_recompute
         self._gen_units_total: torch.Tensor | None = None
         self._micro = (-1, 0)  # (global step, micro-steps taken in it)
         self._grit_sums = dict.fromkeys(
@@ -179,6 +182,7 @@ class GRITTrainer(SFTTrainer):
         return CacheStream(
             grit_model, dataset, sampler, args.cache_modes, args.cache_document_max_length or args.passage_max_length,
             args.cache_answer_max_tokens, args.cache_teacher_loss, prompts, args.cache_answer_half_life,
+            Recompute.parse(args.cache_recompute),
         )  # fmt: skip
 
     @staticmethod
@@ -366,4 +370,6 @@ class GRITTrainer(SFTTrainer):
         grit = _unwrap_grit(model)
         if grit is not None and grit is not model and self.args.should_save:  # an adapter: keep the GRIT settings
             settings = {"cache_attention": grit.config.cache_attention}
+            if grit.config.cache_recompute is not None:
+                settings["cache_recompute"] = grit.config.cache_recompute
             Path(output_dir, ADAPTER_GRIT_CONFIG).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")

@@ -437,15 +437,15 @@ def test_int8_answers_stay_close_to_dense_ones(tiny_model):
     dense = GritRAG(tiny_model, cache_attention="causal")
     dense.add_documents(DOCS, ids=["paris", "berlin", "photo"])
     answer = dense.answer(QUERY, mode="doc", doc_ids=["paris", "berlin"], **GEN)
-    segments = dense.build_segments(QUERY, "doc", ["paris", "berlin"])
+    plan = dense.build_plan(QUERY, "doc", ["paris", "berlin"])
     rotary = dense.generator.rotary_emb
     with torch.inference_mode():
-        reference = continuation_logits(tiny_model, dense.resolve(segments), answer.token_ids, rotary, "cpu")
+        reference = continuation_logits(tiny_model, dense.resolve(plan), answer.token_ids, rotary, "cpu")
         dense.store = MemoryKVStore(fingerprint=dense.fingerprint, quantize="int8")
         for doc_id in ("paris", "berlin"):
-            dense._document(doc_id)  # not stored any more: recomputed and kept in 8 bits
+            dense.index.document_states(doc_id)  # not stored any more: recomputed and kept in 8 bits
         assert isinstance(dense.store.get("paris"), QuantizedKVStates)
-        logits = continuation_logits(tiny_model, dense.resolve(segments), answer.token_ids, rotary, "cpu")
+        logits = continuation_logits(tiny_model, dense.resolve(plan), answer.token_ids, rotary, "cpu")
     kl = torch.nn.functional.kl_div(
         logits.log_softmax(-1), reference.log_softmax(-1), log_target=True, reduction="none"
     ).sum(-1)

@@ -19,7 +19,6 @@ from grit_hf import GritLMForCausalLM
 from grit_hf.folders.default_model import DEFAULT_MODEL_NAME
 from grit_hf.rag import (
     MIN_CACHED_CHARS,
-    CachedSegment,
     GritRAG,
     check_model_argument,
     clear_shared,
@@ -134,8 +133,7 @@ def test_embed_documents_indexes_once_and_generation_reuses(path):
     np.testing.assert_allclose(embed_documents(shared, DOCS, cache=False), vectors[:2], atol=1e-6)
 
     prompt = shared.render_chat([{"role": "user", "content": f"{DOCS[1]}\n\nWhere are the parks? short"}])
-    segments = shared.split_prompt(prompt)
-    assert [s.doc_id for s in segments if isinstance(s, CachedSegment)] == [document_id(DOCS[1])]
+    assert shared.plan_prompt(prompt).doc_ids == [document_id(DOCS[1])]
     assert len("short") < MIN_CACHED_CHARS  # too short to splice, although it appears in the prompt
 
     result = shared.generate(prompt, max_new_tokens=6)

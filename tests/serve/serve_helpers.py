@@ -91,7 +91,7 @@ def slow_generation(monkeypatch, running: RunningServer, delay: float) -> thread
     from grit_hf.generation.engine import GenerationStream
 
     rag = running.state.rag
-    real = rag.generate
+    real = rag.generate_from_plan
     closed = threading.Event()
 
     def generate(*args, **kwargs):
@@ -108,7 +108,7 @@ def slow_generation(monkeypatch, running: RunningServer, delay: float) -> thread
 
         return GenerationStream(pieces(), stream.result)
 
-    monkeypatch.setattr(rag, "generate", generate)
+    monkeypatch.setattr(rag, "generate_from_plan", generate)
     return closed
 
 

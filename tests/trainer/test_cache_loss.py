@@ -12,6 +12,7 @@ from transformers import DynamicCache
 
 from grit_hf import GritLMForCausalLM, GritRAG
 from grit_hf.generation.compose import close_with_text, compose
+from grit_hf.generation.plan import Cached, PromptPlan
 from grit_hf.trainer.cache_loss import CacheExample, CachePrompter, cache_loss, teacher_answers
 
 from .helpers import write_jsonl
@@ -34,18 +35,22 @@ def _states_fn(model):
 def test_trainer_composes_the_same_prompt_as_gritrag(model, mode):
     rag = GritRAG(model, cache_attention="bidirectional")
     doc_ids = rag.add_documents(DOCS)
-    rag_parts = rag.resolve(rag.build_segments(QUESTION, mode, doc_ids))
+    rag_plan = rag.resolve(rag.build_plan(QUESTION, mode, doc_ids))
     prompter = CachePrompter(model, prompts=rag.prompts, query_instruction=rag.query_instruction)
     example = CacheExample(DOCS, QUESTION, [], mode)
     with torch.no_grad():
         states = prompter.states([example], _states_fn(model))[0]
-    trainer_parts = prompter.parts(example, states)
-    assert [p.ids[p.start : p.stop] for p in trainer_parts] == [p.ids[p.start : p.stop] for p in rag_parts]
-    assert [p.states is None for p in trainer_parts] == [p.states is None for p in rag_parts]
+    trainer_plan = prompter.plan(example, states)
+    # the same plan: the same items, in order, standing for the same ids (cached or not), with the same setting
+    assert [type(i) for i in trainer_plan.items] == [type(i) for i in rag_plan.items]
+    assert [i.as_tokens().ids if isinstance(i, Cached) else i.ids for i in trainer_plan.items] == [
+        i.as_tokens().ids if isinstance(i, Cached) else i.ids for i in rag_plan.items
+    ]
+    assert trainer_plan.as_text() == rag_plan.as_text() and trainer_plan.recompute == rag_plan.recompute
     rotary = rag.generator.rotary_emb
     with torch.no_grad():
-        ours = compose(model, close_with_text(trainer_parts), DynamicCache(), rotary, model.device)
-        theirs = compose(model, close_with_text(rag_parts), DynamicCache(), rotary, model.device)
+        ours = compose(model, PromptPlan(close_with_text(trainer_plan.items)), DynamicCache(), rotary, model.device)
+        theirs = compose(model, PromptPlan(close_with_text(rag_plan.items)), DynamicCache(), rotary, model.device)
     assert ours.position == theirs.position and ours.cache_read == theirs.cache_read > 0
     for mine, reference in zip(ours.cache.layers, theirs.cache.layers):
         torch.testing.assert_close(mine.keys, reference.keys, rtol=1e-5, atol=1e-5)
@@ -96,10 +101,9 @@ def test_causal_embedding_states_make_the_cache_loss_the_plain_loss(tiny_grit, m
     with torch.no_grad():
         kl = cache_loss(model, _states_fn(model), prompter, [example], find_rotary(model), teacher_loss="kl")
         ce = cache_loss(model, _states_fn(model), prompter, [example], find_rotary(model), teacher_loss="ce")
-        plain = [part.as_text() if part.states is not None else part for part in prompter.parts(example)]
         from grit_hf.generation.compose import continuation_logits
 
-        logits = continuation_logits(model, plain, example.answer_ids, None, model.device)[0]
+        logits = continuation_logits(model, prompter.plan(example), example.answer_ids, None, model.device)[0]
         targets = torch.tensor(example.answer_ids + [model.tokenizer.eos_token_id])
     assert abs(float(kl)) < 1e-5
     torch.testing.assert_close(ce, F.cross_entropy(logits.float(), targets), rtol=1e-4, atol=1e-4)
@@ -139,6 +143,38 @@ def test_trainer_trains_with_the_cache_loss_and_records_it(make_args, tiny_grit,
     trainer.save_model(str(tmp_path / "saved"))
     assert json.loads((tmp_path / "saved" / "config.json").read_text())["cache_attention"] == "bidirectional"
     assert GritRAG(GritLMForCausalLM.from_pretrained(tmp_path / "saved")).cache_attention == "bidirectional"
+
+    recomputing = GRITTrainer(
+        str(tiny_grit), args=make_args(**overrides, cache_recompute="deviation:0.3", max_steps=1)
+    )
+    recomputing.train()
+    assert any(entry.get("loss_cache", 0) > 0 for entry in recomputing.state.log_history)
+    recomputing.save_model(str(tmp_path / "recomputing"))
+    assert json.loads((tmp_path / "recomputing" / "config.json").read_text())["cache_recompute"] == "deviation:0.3"
+    rag = GritRAG(GritLMForCausalLM.from_pretrained(tmp_path / "recomputing"))
+    assert str(rag.recompute) == "deviation:0.3"  # inference uses the setting the checkpoint was trained with
+
+
+@pytest.mark.parametrize("mode", ["doc", "query"])
+def test_recomputing_every_cached_position_makes_the_cache_loss_the_plain_loss(model, mode):
+    """The cache loss trains with selective recomputation as inference runs it: recomputing every cached position
+    (r = 1) gives the plain prompt's states, so the KL to the teacher is 0 and the cross-entropy is the plain one."""
+    from grit_hf.generation.compose import continuation_logits
+    from grit_hf.generation.recompute import Recompute
+
+    prompter = CachePrompter(model, recompute=Recompute(1.0, "random"))
+    example = CacheExample(DOCS[:1], QUESTION, [], mode, from_teacher=True)
+    example.answer_ids = teacher_answers(prompter, [example], max_new_tokens=5)[0]
+    with torch.no_grad():
+        kl = cache_loss(model, _states_fn(model), prompter, [example], find_rotary(model), teacher_loss="kl")
+        ce = cache_loss(model, _states_fn(model), prompter, [example], find_rotary(model), teacher_loss="ce")
+        logits = continuation_logits(model, prompter.plan(example), example.answer_ids, None, model.device)[0]
+    targets = torch.tensor(example.answer_ids + [model.tokenizer.eos_token_id])
+    prompter.recompute = None
+    with torch.no_grad():  # the control: without recomputation the states differ (a random model: a small KL)
+        control = float(cache_loss(model, _states_fn(model), prompter, [example], find_rotary(model), "kl"))
+    assert abs(float(kl)) < 1e-8 < 1e-6 < control
+    torch.testing.assert_close(ce, F.cross_entropy(logits.float(), targets), rtol=1e-5, atol=1e-6)
 
 
 def test_cache_settings_and_data_are_checked(make_args, tiny_grit, tmp_path):
@@ -207,10 +243,10 @@ def test_answer_half_life_weighs_the_first_answer_tokens_as_written(model):
     answer = model.tokenizer(" Paris is on the Seine", add_special_tokens=False)["input_ids"]
     example = CacheExample(DOCS[:1], QUESTION, answer, "doc")
     with torch.no_grad():
-        parts = prompter.parts(example, prompter.states([example], _states_fn(model))[0])
+        plan = prompter.plan(example, prompter.states([example], _states_fn(model))[0])
         from grit_hf.generation.compose import continuation_logits
 
-        logits = continuation_logits(model, parts, answer, find_rotary(model), model.device)[0].float()
+        logits = continuation_logits(model, plan, answer, find_rotary(model), model.device)[0].float()
         targets = torch.tensor(answer + [model.tokenizer.eos_token_id])
         per_token = F.cross_entropy(logits, targets, reduction="none")
         weighted = cache_loss(model, _states_fn(model), prompter, [example], find_rotary(model), answer_half_life=2.0)

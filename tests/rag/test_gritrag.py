@@ -1,5 +1,5 @@
-"""GritRAG: caching modes vs plain RAG (exact with causal caches), positions of several cached documents, segments,
-split_prompt, streaming, stop strings, stores, thread-safety, and the default model."""
+"""GritRAG: caching modes vs plain RAG (exact with causal caches), positions of several cached documents, prompt
+plans, plan_prompt, streaming, stop strings, stores, thread-safety, and the default model."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from grit_hf.cache import DiskKVStore, FingerprintMismatchError
 from grit_hf.cache.buffers import PreallocatedLayer, append_states, new_cache
 from grit_hf.generation.compose import close_with_text, compose
 from grit_hf.generation.engine import _pick
-from grit_hf.generation.segments import resolve_segments
-from grit_hf.rag import CachedSegment, GenerationResult, GritRAG
+from grit_hf.rag import Cached, GenerationResult, GritRAG, PromptPlan, Text
 from grit_hf.rag.prompts import RAG_MODES, RAGPrompts, chat_markers, fill
 
 DOCS = [
@@ -48,16 +47,16 @@ def bidirectional_rag(model):
     return rag
 
 
-def _parts(rag, segments, reuse_cache=True):
-    return resolve_segments(segments, rag.tokenizer, rag._document, reuse_cache=reuse_cache)
+def _parts(rag, items, reuse_cache=True):
+    return rag.resolve(PromptPlan.of(items), reuse_cache).items
 
 
-def _compose(rag, segments):
+def _compose(rag, items):
     """The composed cache of a prompt, as the engine builds it before decoding."""
-    parts = close_with_text(_parts(rag, segments))
-    cache = new_cache("preallocated", rag.model.config.text_config, sum(part.num_tokens for part in parts))
+    plan = PromptPlan(close_with_text(_parts(rag, items)))
+    cache = new_cache("preallocated", rag.model.config.text_config, plan.num_tokens)
     with torch.inference_mode():
-        return compose(rag.model, parts, cache, rag.generator.rotary_emb, rag.model.device)
+        return compose(rag.model, plan, cache, rag.generator.rotary_emb, rag.model.device)
 
 
 def _reference_generate(model, ids: list[int], max_new_tokens: int) -> list[int]:
@@ -93,8 +92,8 @@ def test_causal_caches_equal_plain_rag_token_for_token(causal_rag, top_k):
 def test_plain_rag_and_decode_loop_match_model_generate(causal_rag):
     model = causal_rag.model
     for mode in ("rag_doc_query", "rag_query_doc", "none"):
-        segments = causal_rag.build_segments(QUERY, mode, ["paris"])
-        ids = [t for part in _parts(causal_rag, segments, reuse_cache=False) for t in part.ids]
+        plan = causal_rag.build_plan(QUERY, mode, ["paris"])
+        ids = [t for part in causal_rag.resolve(plan, reuse_cache=False).items for t in part.ids]
         answer = causal_rag.answer(QUERY, mode=mode, doc_ids=["paris"], **GEN)
         assert answer.prompt_tokens == len(ids)
         assert answer.token_ids == _reference_generate(model, ids, 10), mode
@@ -121,12 +120,12 @@ def test_search_ranks_by_cosine(bidirectional_rag):
 # -- positions of several cached parts -------------------------------------------------------------------------------
 def test_several_cached_documents_sit_at_their_offsets(causal_rag):
     """Layer-0 keys depend only on token and position: the composed cache must equal a full forward's layer 0."""
-    segments = [CachedSegment("paris"), CachedSegment("berlin"), CachedSegment("photo"), "\nQ"]
-    parts = _parts(causal_rag, segments)
-    composition = _compose(causal_rag, segments)
+    items = [Cached("paris"), Cached("berlin"), Cached("photo"), "\nQ"]
+    parts = _parts(causal_rag, items)
+    composition = _compose(causal_rag, items)
     cache = composition.cache
-    ids = [t for part in _parts(causal_rag, segments, reuse_cache=False) for t in part.ids]
-    assert composition.position == len(ids) and composition.cache_read == len(ids) - len(parts[-1].ids)
+    ids = [t for part in _parts(causal_rag, items, reuse_cache=False) for t in part.ids]
+    assert composition.position == len(ids) and composition.cache_read == len(ids) - parts[-1].num_tokens
     with torch.inference_mode():
         full = causal_rag.model(input_ids=torch.tensor([ids]), use_cache=True).cache
     torch.testing.assert_close(cache.layers[0].keys, full.layers[0].keys, rtol=1e-4, atol=1e-4)
@@ -138,46 +137,81 @@ def test_generation_never_mutates_or_copies_stored_states(causal_rag):
     before = [(k.clone(), v.clone()) for k, v in stored.layers()]
     for mode in ("doc", "doc_query", "query_doc"):
         causal_rag.answer(QUERY, mode=mode, top_k=2, **GEN)
-    causal_rag.generate_from_segments(["x", CachedSegment("paris"), "y"], max_new_tokens=3)
+    causal_rag.generate_from_plan(["x", Cached("paris"), "y"], max_new_tokens=3)
     for (k, v), (k0, v0) in zip(stored.layers(), before):
         assert torch.equal(k, k0) and torch.equal(v, v0)
-    cache = _compose(causal_rag, [CachedSegment("paris"), "?"]).cache
+    cache = _compose(causal_rag, [Cached("paris"), "?"]).cache
     assert cache.layers[0].keys.data_ptr() != stored.layers()[0][0].data_ptr()  # one copy into the decode buffer
     dynamic = new_cache("dynamic", causal_rag.model.config.text_config, 0)
     assert append_states(dynamic, stored.layers()).layers[0].keys is stored.layers()[0][0]  # "dynamic": no copy
 
 
-# -- segments and split_prompt ---------------------------------------------------------------------------------------
-def test_split_prompt_finds_documents_and_absorbs_the_template(causal_rag):
+# -- prompt plans and plan_prompt -----------------------------------------------------------------------------------
+def test_plan_prompt_finds_documents_and_absorbs_the_template(causal_rag):
     template = causal_rag.model.config.document_template
     prompt = f"{template}{DOCS[0]}\nContext: {DOCS[1]} and again {DOCS[1]}\nQ: {QUERY}"
-    segments = causal_rag.split_prompt(prompt)
-    assert segments == [
-        CachedSegment("paris"),
-        "\nContext: ",
-        CachedSegment("berlin"),
-        " and again ",
-        CachedSegment("berlin"),
-        f"\nQ: {QUERY}",
+    plan = causal_rag.plan_prompt(prompt)
+    assert plan.items == [
+        Cached("paris"),
+        Text("\nContext: "),
+        Cached("berlin"),
+        Text(" and again "),
+        Cached("berlin"),
+        Text(f"\nQ: {QUERY}"),
     ]
-    assert causal_rag.split_prompt("nothing here") == ["nothing here"]
-    assert causal_rag.split_prompt(prompt, doc_ids=["photo"]) == [prompt]
+    assert plan.doc_ids == ["paris", "berlin"]
+    assert causal_rag.plan_prompt("nothing here").items == [Text("nothing here")]
+    assert causal_rag.plan_prompt(prompt, doc_ids=["photo"]).items == [Text(prompt)]
     with pytest.raises(TypeError, match="`prompt`"):
-        causal_rag.split_prompt(["x"])
+        causal_rag.plan_prompt(["x"])
+
+
+def test_finding_documents_is_the_earliest_then_longest_match_as_str_find_gives():
+    """`DocumentTable.find_in` (a dictionary of document starts) against a reference written with `str.find` over
+    every document, on prompts with overlapping and nested documents."""
+    import random
+
+    from grit_hf.rag.documents import MIN_CACHED_CHARS, DocumentTable
+
+    rng = random.Random(0)
+    words = ["alpha", "beta", "gamma", "delta", "eps"]
+    texts = {f"d{i}": " ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) for i in range(40)}
+    texts["short"] = "alpha beta"  # under MIN_CACHED_CHARS: never spliced
+    table = DocumentTable(4)
+    table.update(texts, torch.zeros(len(texts), 4), [False] * len(texts))
+
+    def reference(prompt):
+        matches = sorted(
+            (start, -len(text), doc_id)
+            for doc_id, text in texts.items()
+            if len(text) >= MIN_CACHED_CHARS
+            for start in (i for i in range(len(prompt)) if prompt.startswith(text, i))
+        )
+        found, position = [], 0
+        for start, negative, doc_id in matches:
+            if start >= position:
+                found.append((start, start - negative, texts[doc_id]))
+                position = start - negative
+        return found
+
+    for _ in range(50):
+        prompt = " ".join(rng.choice(words) for _ in range(rng.randint(5, 60)))
+        ours = [(start, end, texts[doc_id]) for start, end, doc_id in table.find_in(prompt)]
+        assert ours == reference(prompt)
 
 
 def test_cached_document_first_in_a_prompt_is_exact(causal_rag):
     template = causal_rag.model.config.document_template
     prompt = f"{template}{DOCS[2]}\n<|user|>\nWhat does photosynthesis make?\n<|assistant|>\n"
-    segments = causal_rag.split_prompt(prompt)
-    assert segments[0] == CachedSegment("photo") and len(segments) == 2
-    cached = causal_rag.generate_from_segments(segments, **GEN)
-    uncached = causal_rag.generate_from_segments(segments, reuse_cache=False, **GEN)
+    plan = causal_rag.plan_prompt(prompt)
+    assert plan.items[0] == Cached("photo") and len(plan.items) == 2
+    cached = causal_rag.generate_from_plan(plan, **GEN)
+    uncached = causal_rag.generate_from_plan(plan, reuse_cache=False, **GEN)
     assert cached.token_ids == uncached.token_ids
     assert cached.cache_read_tokens == causal_rag.store.get("photo").num_tokens and uncached.cache_read_tokens == 0
     ids = (
         causal_rag.store.get("photo").input_ids.tolist()
-        + causal_rag.tokenizer(segments[1], add_special_tokens=False)["input_ids"]
+        + causal_rag.tokenizer(plan.items[1].text, add_special_tokens=False)["input_ids"]
     )
     assert cached.prompt_tokens == len(ids)
     assert cached.token_ids == _reference_generate(causal_rag.model, ids, 10)
@@ -186,20 +220,18 @@ def test_cached_document_first_in_a_prompt_is_exact(causal_rag):
 def test_cached_document_later_in_a_prompt_drops_its_bos(causal_rag):
     stored = causal_rag.store.get("berlin")
     bos = causal_rag.generator.special_prefix
-    result = causal_rag.generate_from_segments(["Context: ", CachedSegment("berlin"), "\nQ?"], max_new_tokens=4)
+    result = causal_rag.generate_from_plan(["Context: ", Cached("berlin"), "\nQ?"], max_new_tokens=4)
     before = len(causal_rag.tokenizer("Context: ", add_special_tokens=False)["input_ids"])
     after = len(causal_rag.tokenizer("\nQ?", add_special_tokens=False)["input_ids"])
     assert result.cache_read_tokens == stored.num_tokens - len(bos)
     assert result.prompt_tokens == before + stored.num_tokens - len(bos) + after
-    plain = causal_rag.generate_from_segments(
-        ["Context: ", CachedSegment("berlin"), "\nQ?"], reuse_cache=False, max_new_tokens=4
-    )
+    plain = causal_rag.generate_from_plan(["Context: ", Cached("berlin"), "\nQ?"], reuse_cache=False, max_new_tokens=4)
     assert plain.prompt_tokens == result.prompt_tokens and plain.cache_read_tokens == 0
 
 
-def test_prompt_ending_with_a_cached_segment(causal_rag):
-    cached = causal_rag.generate_from_segments([CachedSegment("paris")], **GEN)
-    uncached = causal_rag.generate_from_segments([CachedSegment("paris")], reuse_cache=False, **GEN)
+def test_prompt_ending_with_a_cached_document(causal_rag):
+    cached = causal_rag.generate_from_plan([Cached("paris")], **GEN)
+    uncached = causal_rag.generate_from_plan([Cached("paris")], reuse_cache=False, **GEN)
     assert cached.token_ids == uncached.token_ids
     assert cached.cache_read_tokens == causal_rag.store.get("paris").num_tokens - 1
 
@@ -211,8 +243,8 @@ def test_stream_yields_the_answer_text(causal_rag):
     pieces = list(stream)
     assert "".join(pieces) == full.text == stream.result.text
     assert stream.result.token_ids == full.token_ids and stream.result.doc_ids == full.doc_ids
-    segments_stream = causal_rag.generate_from_segments([CachedSegment("paris"), "?"], stream=True, **GEN)
-    assert "".join(segments_stream) == segments_stream.result.text
+    plan_stream = causal_rag.generate_from_plan([Cached("paris"), "?"], stream=True, **GEN)
+    assert "".join(plan_stream) == plan_stream.result.text
 
 
 def test_stop_strings_cut_the_text_in_both_paths(causal_rag):
@@ -351,7 +383,7 @@ def test_remove_documents_forgets_texts_embeddings_and_states(model):
     assert rag.remove_documents(["berlin", "nope", "berlin"]) == ["berlin"]
     assert rag.doc_ids == ["paris", "photo"] and "berlin" not in rag.store
     assert torch.equal(rag.get_embeddings(["photo"]), kept) and len(rag.documents) == 2
-    assert rag.split_prompt(f"Context: {DOCS[1]}") == [f"Context: {DOCS[1]}"]
+    assert rag.plan_prompt(f"Context: {DOCS[1]}").items == [Text(f"Context: {DOCS[1]}")]
     with pytest.raises(ValueError, match="Unknown document"):
         rag.get_text("berlin")
     assert rag.remove_documents([]) == []
@@ -368,10 +400,10 @@ def test_input_errors(causal_rag, model):
         causal_rag.search(QUERY, top_k=0)
     with pytest.raises(ValueError, match="`max_new_tokens`"):
         causal_rag.answer(QUERY, max_new_tokens=0)
-    with pytest.raises(TypeError, match="`segments"):
-        causal_rag.generate_from_segments([3.5])
+    with pytest.raises(TypeError, match="Prompt item 0"):
+        causal_rag.generate_from_plan([3.5])
     with pytest.raises(ValueError, match="nope"):
-        causal_rag.generate_from_segments([CachedSegment("nope")])
+        causal_rag.generate_from_plan([Cached("nope")])
     with pytest.raises(ValueError, match="two different texts"):
         causal_rag.add_documents(["a", "b"], ids=["x", "x"])
     with pytest.raises(TypeError, match="`stop`"):
