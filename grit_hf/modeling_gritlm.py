@@ -185,10 +185,13 @@ class GritLMPreTrainedModel(PreTrainedModel):
         with self.forward_lock:
             return self.model(input_ids=input_ids, attention_mask=attention_mask, is_causal=is_causal, **kwargs)
 
-    def pool(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, prefix_lengths) -> torch.Tensor:
-        """Pool (fp32) over the text tokens and normalise as the config says."""
+    def pool(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, prefix_lengths, normalize: bool | None = None
+    ) -> torch.Tensor:
+        """Pool (fp32) over the text tokens and L2-normalise as the config says (or as `normalize` says): the one
+        pooling of `encode`, the trainer and sentence-transformers' checks."""
         embeddings = pool(hidden_states, text_token_mask(attention_mask, prefix_lengths), self.config.pooling_method)
-        if self.config.normalize:
+        if self.config.normalize if normalize is None else normalize:
             embeddings = nn.functional.normalize(embeddings, dim=-1)
         return embeddings
 
@@ -231,9 +234,7 @@ class GritLMPreTrainedModel(PreTrainedModel):
         for rows in tqdm(batches, desc="Embedding", unit="batch", disable=not show_progress_bar):
             input_ids, attention_mask = pad_right([token_ids[i] for i in rows], pad_id, self.device)
             outputs = self.embedding_forward(input_ids, attention_mask, is_causal=causal, use_cache=return_states)
-            mask = text_token_mask(attention_mask, inputs.prefix_length)
-            pooled = pool(outputs.last_hidden_state, mask, self.config.pooling_method)
-            embeddings[rows] = nn.functional.normalize(pooled, dim=-1) if normalize else pooled
+            embeddings[rows] = self.pool(outputs.last_hidden_state, attention_mask, inputs.prefix_length, normalize)
             if return_states:
                 lengths = [len(token_ids[i]) for i in rows]
                 for row, kv in zip(rows, split_batch_cache(outputs.cache, input_ids, lengths, causal)):
