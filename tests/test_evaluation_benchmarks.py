@@ -144,3 +144,20 @@ def test_reports_record_the_command_as_a_shell_would_run_it():
     assert report.command_line("/anywhere/benchmarks/rag_latency.py", ["--lengths", "12", "--label", "a b"]) == (
         "python benchmarks/rag_latency.py --lengths 12 --label 'a b'"
     )
+
+
+def test_recompute_frontier_runs_on_a_tiny_model(grit_checkpoint, tmp_path, shared_data, monkeypatch):
+    """Every setting is evaluated and timed; amount 1.0 (every position recomputed) equals plain RAG."""
+    monkeypatch.setenv("GRIT_HF_DATA", str(shared_data))
+    frontier = load_benchmark("recompute_frontier")
+    path = str(grit_checkpoint("llama"))
+    argv = ["--models", path, "--rules", "head", "deviation", "--amounts", "0", "0.5", "1.0", "--examples", "2"]
+    argv += ["--new-tokens", "4", "--time-dtypes", "float32", "--lengths", "12", "--time-new-tokens", "2"]
+    frontier.main([*argv, "--runs", "1", "--no-progress", "--results", str(tmp_path / "f")])
+    report = json.loads((tmp_path / "f.json").read_text())
+    rows = report["models"][path]["fidelity"]["settings"]
+    assert set(rows) == {"none", "head:0.5", "deviation:0.5", "head:1.0"}
+    assert rows["head:1.0"]["token_f1"] == 1.0 and rows["head:1.0"]["cache_read"] == 0
+    assert rows["none"]["recomputed"] == 0 < rows["head:0.5"]["recomputed"] < rows["head:1.0"]["recomputed"]
+    assert set(report["time"]["float32"]["12"]) == {"plain", *rows}
+    assert (tmp_path / "f.png").stat().st_size > 0 and "| head:0.5 |" in (tmp_path / "f.md").read_text()
