@@ -82,9 +82,12 @@ def run_demo(
     started = _step(f"answered with plain RAG (document text re-read): {plain.text!r}", started)
     cached = rag.answer(question, mode="doc", top_k=1, max_new_tokens=48)
     source = "the embedding pass's own states" if cache_attention == "bidirectional" else "causal cached states"
+    recomputed = ""
+    if cached.recomputed_tokens:
+        recomputed = f", {cached.recomputed_tokens} recomputed causally (selective recomputation {rag.recompute})"
     started = _step(
-        f"answered with doc caching from {source} ({cached.cache_read_tokens} cached tokens reused, the document "
-        f"not re-read): {cached.text!r}",
+        f"answered with doc caching from {source} ({cached.cache_read_tokens} cached states reused{recomputed}, the "
+        f"document not re-read): {cached.text!r}",
         started,
     )
     if cached.text != plain.text and cache_attention != "bidirectional" and grit.dtype != torch.float32:

@@ -18,7 +18,7 @@ def _demo_lines(capsys, *args: str) -> tuple[str, str, str]:
     plain = next(line for line in out.splitlines() if "plain RAG" in line)
     cached = next(line for line in out.splitlines() if "doc caching" in line)
     assert "330" in plain
-    assert "cached tokens reused" in cached and "(0 cached" not in cached
+    assert "cached states reused" in cached and "(0 cached" not in cached
     return out, plain, cached
 
 

@@ -25,7 +25,7 @@ from transformers import DynamicCache, StaticCache
 from ..cache.buffers import append_states
 from ..cache.positions import shift_layers
 from .plan import Cached, PlanItem, PromptPlan, Tokens
-from .recompute import Recompute, deviation_values
+from .recompute import choose_positions, part_batch
 
 __all__ = ["Composition", "close_with_text", "compose", "continuation_logits"]
 
@@ -89,17 +89,19 @@ def compose(
     Args:
         forward: the causal LM forward (`model` or `model.forward`), called with `input_ids`, `position_ids`, `cache`,
             `use_cache=True`, `logits_to_keep` (and a 4-D `attention_mask` when positions are recomputed).
-        plan: the prompt (`PromptPlan.resolve`d); it must end with text (`close_with_text`). A batch of plans of the
-            same shape is composed at once from batched items (ids as `[batch, n]` tensors, states with the batch).
+        plan: the prompt (`PromptPlan.resolve`d); a prompt ending with a cached item gets its last token run
+            (`close_with_text`). A batch of plans of the same shape is composed at once from batched items (ids as
+            `[batch, n]` tensors, states with the batch).
         cache: an empty cache (e.g. `grit_hf.cache.buffers.new_cache(...)` or a `DynamicCache`).
         rotary_emb: the model's rotary embedding (`find_rotary_embedding`); needed only if an item is cached.
         device: where the states and inputs go.
         logits_to_keep: how many final positions get logits (1 to decode; the answer's length plus one for a loss).
     """
-    chosen = _recomputed_positions(forward, plan, device)
+    items = close_with_text(plan.items)
+    chosen = choose_positions(forward, items, plan.recompute, device)
     if not any(positions is not None and positions.numel() for positions in chosen):
-        return _compose_in_order(forward, plan.items, cache, rotary_emb, device, logits_to_keep)
-    return _compose_with_recompute(forward, plan.items, chosen, cache, rotary_emb, device, logits_to_keep)
+        return _compose_in_order(forward, items, cache, rotary_emb, device, logits_to_keep)
+    return _compose_with_recompute(forward, items, chosen, cache, rotary_emb, device, logits_to_keep)
 
 
 def _compose_in_order(forward, items, cache, rotary_emb, device, logits_to_keep) -> Composition:
@@ -126,50 +128,6 @@ def _compose_in_order(forward, items, cache, rotary_emb, device, logits_to_keep)
     return Composition(cache, logits, position, cache_read)
 
 
-def _recomputed_positions(forward: Callable, plan: PromptPlan, device) -> list[torch.Tensor | None]:
-    """Per item, the positions `[batch, k]` (from its `start`) to recompute: the item's own, else the plan's rule
-    (`None` for text items)."""
-    rule: Recompute | None = plan.recompute
-    items = plan.items
-    deviation = None
-    if (
-        rule is not None
-        and rule.rule == "deviation"
-        and any(isinstance(i, Cached) and i.recompute is None for i in items)
-    ):
-        input_ids = torch.cat(
-            [_as_rows((i.as_tokens() if isinstance(i, Cached) else i).ids, device) for i in items], 1
-        )
-        deviation = deviation_values(forward, input_ids, rule.layer)
-    chosen, position = [], 0
-    for item in items:
-        if isinstance(item, Cached):
-            n = item.num_tokens
-            if item.recompute is not None:
-                rows = torch.as_tensor(list(item.recompute), dtype=torch.long).reshape(1, -1)
-                if rows.numel() and (rows.min() < 0 or rows.max() >= n):
-                    raise ValueError(f"Recompute positions must lie in [0, {n}) for a cached item of {n} positions.")
-                chosen.append(rows.unique().reshape(1, -1).expand(_batch(item), -1))
-            elif rule is None:
-                chosen.append(None)
-            else:
-                spread = None
-                if deviation is not None:
-                    cached = item.states.layers()[rule.layer][1][..., item.start : item.stop, :].to(device)
-                    fresh = deviation[..., position : position + n, :]
-                    spread = (cached.float() - fresh.float()).pow(2).sum(dim=(1, 3))
-                chosen.append(rule.choose(n, _batch(item), spread))
-        else:
-            chosen.append(None)
-        position += item.num_tokens
-    return chosen
-
-
-def _batch(item: Cached) -> int:
-    ids = item.states.input_ids
-    return ids.shape[0] if ids.dim() == 2 else 1
-
-
 def _compose_with_recompute(forward, items, chosen, cache, rotary_emb, device, logits_to_keep) -> Composition:
     """Cached items without their chosen positions appended; every text token and chosen position run in one forward
     pass under a mask by position (see the module docstring)."""
@@ -182,7 +140,7 @@ def _compose_with_recompute(forward, items, chosen, cache, rotary_emb, device, l
             run_ids.append(ids)
             run_positions.append(torch.arange(position, position + n, device=device).expand(ids.shape[0], -1))
         else:
-            batch = _batch(item)
+            batch = part_batch(item)
             positions = torch.empty(batch, 0, dtype=torch.long) if positions is None else positions
             keep = _complement(positions, n).to(device)
             layers = [(_gather(k, keep), _gather(v, keep)) for k, v in _placed(item, position, rotary_emb, device)]
@@ -260,6 +218,6 @@ def continuation_logits(
     ids, or `[batch, n]` ids for batched plans. Used by the cache loss (with gradients) and by the caching-fidelity
     evaluation."""
     n = continuation.shape[-1] if isinstance(continuation, torch.Tensor) else len(continuation)
-    items = [*close_with_text(plan.items), Tokens(continuation)] if n else close_with_text(plan.items)
+    items = [*close_with_text(plan.items), Tokens(continuation)] if n else plan.items
     composition = compose(forward, PromptPlan(items, plan.recompute), DynamicCache(), rotary_emb, device, n + 1)
     return composition.logits[:, -(n + 1) :]

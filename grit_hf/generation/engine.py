@@ -31,7 +31,7 @@ from ..cache.buffers import DECODE_CACHES, DecodeCache, new_cache, static_cache_
 from ..cache.positions import find_rotary_embedding
 from ..validation import check_non_negative_number, check_positive_int, check_probability, check_seed
 from .batched import DecodeBatch
-from .compose import close_with_text, compose, continuation_logits
+from .compose import compose, continuation_logits
 from .plan import PromptPlan, special_prefix
 
 logger = logging.get_logger(__name__)
@@ -250,7 +250,6 @@ class Generator:
         `result` (e.g. carrying `doc_ids`) is filled in and becomes the stream's `result`."""
         options = GenerationOptions() if options is None else options
         result = GenerationResult() if result is None else result
-        plan = PromptPlan(close_with_text(plan.items), plan.recompute)
         prompt_tokens = plan.num_tokens
         self.check_length(prompt_tokens, options.max_new_tokens)
         rotary = self.rotary_emb if plan.is_cached else None

@@ -23,14 +23,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..cache.states import KVStates
 from ..formatting import special_tokens_around_text
-from .recompute import Recompute
+
+if TYPE_CHECKING:  # the setting is chosen and applied by `recompute` and `compose`; a plan only carries it
+    from .recompute import Recompute
 
 __all__ = ["Text", "Tokens", "Cached", "PlanItem", "PromptPlan", "DocumentSource", "special_prefix"]
 
@@ -147,7 +149,7 @@ class PromptPlan:
             raise TypeError(f"`items` must be a list of Text, Tokens and Cached, got {self.items!r:.80}.")
 
     @classmethod
-    def of(cls, items, recompute: Recompute | str | float | int | None = None) -> PromptPlan:
+    def of(cls, items, recompute: Recompute | None = None) -> PromptPlan:
         """A plan from items or their shorthands: `str` (Text), a list of token ids (Tokens), `KVStates` (Cached)."""
         items = [items] if isinstance(items, (str, KVStates, Text, Tokens, Cached)) else items
         if not isinstance(items, (list, tuple)) or not items:
@@ -166,7 +168,7 @@ class PromptPlan:
                     f"got {type(item).__name__}."
                 )
             converted.append(item)
-        return cls(converted, Recompute.parse(recompute))
+        return cls(converted, recompute)
 
     @property
     def doc_ids(self) -> list[str]:

@@ -27,7 +27,9 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-__all__ = ["RECOMPUTE_RULES", "Recompute", "deviation_values"]
+from .plan import Cached, PlanItem
+
+__all__ = ["RECOMPUTE_RULES", "Recompute", "choose_positions", "deviation_values", "part_batch"]
 
 RECOMPUTE_RULES = ("deviation", "head", "tail", "random")
 
@@ -144,3 +146,54 @@ def deviation_values(forward: Callable, input_ids: torch.Tensor, layer: int) -> 
     except _LayerReached:
         return capture.values
     raise ValueError(f"The model has no layer {layer}: lower the recompute `layer`.")
+
+
+def part_batch(item: Cached) -> int:
+    """The batch of a cached item (1, or the rows of a batch of prompts of the same shape)."""
+    ids = item.states.input_ids
+    return ids.shape[0] if ids.dim() == 2 else 1
+
+
+def _rows(item: PlanItem, device) -> torch.Tensor:
+    """An item's token ids (a cached item's as text) as a `[batch, n]` tensor."""
+    ids = item.as_tokens().ids if isinstance(item, Cached) else item.ids
+    if isinstance(ids, torch.Tensor):
+        return (ids if ids.dim() == 2 else ids[None]).to(device=device, dtype=torch.long)
+    return torch.tensor([ids], dtype=torch.long, device=device)
+
+
+def choose_positions(
+    forward: Callable, items: list[PlanItem], rule: Recompute | None, device
+) -> list[torch.Tensor | None]:
+    """Per item of a resolved prompt, the positions `[batch, k]` (from the item's `start`) to recompute: a cached
+    item's own (`Cached.recompute`), else those `rule` chooses; `None` for text items."""
+    deviation = None
+    if (
+        rule is not None
+        and rule.rule == "deviation"
+        and any(isinstance(i, Cached) and i.recompute is None for i in items)
+    ):
+        input_ids = torch.cat([_rows(i, device) for i in items], 1)
+        deviation = deviation_values(forward, input_ids, rule.layer)
+    chosen, position = [], 0
+    for item in items:
+        if isinstance(item, Cached):
+            n = item.num_tokens
+            if item.recompute is not None:
+                rows = torch.as_tensor(list(item.recompute), dtype=torch.long).reshape(1, -1)
+                if rows.numel() and (rows.min() < 0 or rows.max() >= n):
+                    raise ValueError(f"Recompute positions must lie in [0, {n}) for a cached item of {n} positions.")
+                chosen.append(rows.unique().reshape(1, -1).expand(part_batch(item), -1))
+            elif rule is None:
+                chosen.append(None)
+            else:
+                spread = None
+                if deviation is not None:
+                    cached = item.states.layers()[rule.layer][1][..., item.start : item.stop, :].to(device)
+                    fresh = deviation[..., position : position + n, :]
+                    spread = (cached.float() - fresh.float()).pow(2).sum(dim=(1, 3))
+                chosen.append(rule.choose(n, part_batch(item), spread))
+        else:
+            chosen.append(None)
+        position += item.num_tokens
+    return chosen

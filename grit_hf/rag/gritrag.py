@@ -33,7 +33,7 @@ from ..cache.store import KVStore, MemoryKVStore
 from ..configuration_gritlm import ATTENTIONS
 from ..formatting import apply_chat_template, check_messages
 from ..generation.engine import GenerationOptions, GenerationResult, GenerationStream, Generator
-from ..generation.plan import Cached, PromptPlan, Text, Tokens
+from ..generation.plan import PromptPlan, Text
 from ..generation.recompute import Recompute
 from ..validation import check_positive_int, check_text, check_texts
 from .documents import DocumentTable
@@ -280,24 +280,14 @@ class GritRAG:
         check_mode(mode)
         check_text(query, "query")
         doc_ids = [] if mode == "none" else self.documents.check_known(doc_ids)
-        if mode in CACHED_QUERY_MODES and query_states is None:
-            query_states = self.query_states(query)
-        elif mode == "rag_query_doc" and query_states is None:
-            query_states = self.embedding_pass.input_ids(query, self.query_instruction)
-        return self._plan(query, mode, doc_ids, query_states, self._recompute(recompute))
-
-    def _plan(self, query: str, mode: str, doc_ids: list[str], query_part, recompute: Recompute | None) -> PromptPlan:
-        if mode == "none":
-            messages = [{"role": "user", "content": query}]
-            prompt = apply_chat_template(self.tokenizer, messages, self.model.config.chat_template)
-            return PromptPlan([Text(prompt + self.prompts.response_prefix)])
-        if query_part is not None:
-            query_part = Tokens(query_part, True) if isinstance(query_part, list) else Cached(states=query_part)
+        if mode in QUERY_PART_MODES and query_states is None:
+            query_states = self.embedding_pass.run(
+                [query], self.query_instruction, states=mode in CACHED_QUERY_MODES, embeddings=False
+            )[1][0]
+        chat = self.render_chat(query) if mode == "none" else None
         texts = [self.documents.texts[doc_id] for doc_id in doc_ids]
-        return self.prompts.plan(mode, query, texts, [Cached(d) for d in doc_ids], query_part, recompute)
-
-    def _recompute(self, recompute) -> Recompute | None:
-        return self.recompute if recompute is None else Recompute.parse(recompute)
+        recompute = self.recompute if recompute is None else Recompute.parse(recompute)
+        return self.prompts.plan(mode, query, texts, doc_ids, query_states, recompute, chat_prompt=chat)
 
     # -- generation --------------------------------------------------------------------------------------------------
     def resolve(self, plan: PromptPlan, reuse_cache: bool = True) -> PromptPlan:
@@ -331,10 +321,10 @@ class GritRAG:
         """
         if not isinstance(plan, PromptPlan):
             plan = PromptPlan.of(plan, self.recompute)
-        return self._generate(plan, stream, reuse_cache, result, GenerationOptions(**options))
-
-    def _generate(self, plan: PromptPlan, stream: bool, reuse_cache: bool, result, options: GenerationOptions):
-        pieces = self.generator.stream(self.resolve(plan, reuse_cache), options, result)
+        options = GenerationOptions(**options)
+        with self.lock:
+            plan = plan.resolve(self.tokenizer, self.index, reuse_cache, prefix=self.generator.special_prefix)
+        pieces = self.generator.stream(plan, options, result)
         return pieces if stream else pieces.consume()
 
     def generate(
@@ -352,9 +342,9 @@ class GritRAG:
         if not prompt:
             raise ValueError("`prompt` is empty: there is nothing to continue.")
         plan = self.plan_prompt(prompt) if reuse_cache else PromptPlan([Text(prompt)])
-        plan.recompute = self._recompute(recompute)
+        plan.recompute = self.recompute if recompute is None else Recompute.parse(recompute)
         result = GenerationResult(doc_ids=plan.doc_ids)
-        return self._generate(plan, stream, reuse_cache, result, GenerationOptions(**options))
+        return self.generate_from_plan(plan, stream, reuse_cache, result, **options)
 
     def answer(
         self,
@@ -377,26 +367,34 @@ class GritRAG:
         check_text(query, "query")
         check_mode(mode)
         check_positive_int(top_k, "top_k")
-        options.setdefault("max_new_tokens", 64)
-        options = GenerationOptions(**options)
-        recompute = self._recompute(recompute)
-        query_part, scores = None, []
-        if mode == "none":
-            doc_ids = []
-        elif doc_ids is None:
-            embedding, parts = self.embedding_pass.run([query], self.query_instruction, mode in CACHED_QUERY_MODES)
+        options = GenerationOptions(**{"max_new_tokens": 64, **options})
+        retrieve = mode != "none" and doc_ids is None
+        embedding, parts = None, [None]
+        if (
+            retrieve or mode in QUERY_PART_MODES
+        ):  # one pass: the query's embedding and what stands for it in the prompt
+            embedding, parts = self.embedding_pass.run(
+                [query], self.query_instruction, states=mode in CACHED_QUERY_MODES, embeddings=retrieve
+            )
+        if retrieve:
             ranked = self.documents.rank(embedding[0], max(top_k, rerank_top_k) if rerank else top_k)
-            ranked = rerank_ranked(self, query, ranked, top_k, rerank, rerank_top_k)
             if not ranked:
                 raise ValueError("No documents are indexed: call `add_documents` first.")
-            doc_ids, scores = [doc_id for doc_id, _ in ranked], [score for _, score in ranked]
-            query_part = parts[0]
         else:
-            doc_ids = self.documents.check_known(doc_ids)
-            if mode in QUERY_PART_MODES:
-                query_part = self.embedding_pass.run(
-                    [query], self.query_instruction, mode in CACHED_QUERY_MODES, embeddings=False
-                )[1][0]
-        plan = self._plan(query, mode, doc_ids, query_part, recompute)
-        result = GenerationResult(doc_ids=list(doc_ids), scores=scores, mode=mode)
-        return self._generate(plan, stream, mode not in PLAIN_MODES, result, options)
+            doc_ids = [] if mode == "none" else self.documents.check_known(doc_ids)
+        if retrieve:
+            ranked = rerank_ranked(self, query, ranked, top_k, rerank, rerank_top_k)
+            doc_ids = [doc_id for doc_id, _ in ranked]
+        chat = None
+        if mode == "none":
+            messages = [{"role": "user", "content": query}]
+            chat = apply_chat_template(self.tokenizer, messages, self.model.config.chat_template)
+        plan = self.prompts.plan(
+            mode, query, [self.documents.texts[doc_id] for doc_id in doc_ids], doc_ids, parts[0],
+            self.recompute if recompute is None else Recompute.parse(recompute), chat_prompt=chat,
+        )  # fmt: skip
+        with self.lock:
+            plan = plan.resolve(self.tokenizer, self.index, mode not in PLAIN_MODES, self.generator.special_prefix)
+        scores = [score for _, score in ranked] if retrieve else []
+        pieces = self.generator.stream(plan, options, GenerationResult(doc_ids=doc_ids, scores=scores, mode=mode))
+        return pieces if stream else pieces.consume()

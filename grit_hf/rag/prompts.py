@@ -35,12 +35,14 @@ it (`grit_hf.generation.plan.PromptPlan`). A plain RAG mode is its caching mode'
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from transformers.utils import logging
 
-from ..generation.plan import PlanItem, PromptPlan, Text
+from ..cache.states import KVStates
+from ..generation.plan import Cached, PlanItem, PromptPlan, Text, Tokens
 from ..generation.recompute import Recompute
 
 logger = logging.get_logger(__name__)
@@ -163,29 +165,42 @@ class RAGPrompts:
         mode: str,
         query: str,
         doc_texts: list[str],
-        documents: list[PlanItem],
-        query_part: PlanItem | None = None,
+        documents: Sequence[str | PlanItem],
+        query_part: KVStates | list[int] | PlanItem | None = None,
         recompute: Recompute | None = None,
+        chat_prompt: str | None = None,
     ) -> PromptPlan:
-        """The prompt of `mode` (any but `none`): the query part and each document's part where the mode puts them,
-        and the mode's text around them (the table in the module docstring).
+        """The prompt of `mode`: the query part and each document's part where the mode puts them, and the mode's text
+        around them (the table in the module docstring).
 
         Args:
             mode: the RAG mode.
             query: the query's text (written into the suffix of document-first modes).
             doc_texts: the documents' texts (written into the suffix of query-first modes).
-            documents: what stands for each document: `Cached(doc_id)`, given states, or the ids of its embedding input.
-            query_part: what stands for the query part (template + query), in modes that have one.
+            documents: what stands for each document: a stored document's id (`Cached(doc_id)`) or a plan item (e.g.
+                `Cached(states=...)`, the trainer's).
+            query_part: what stands for the query part (template + query) in modes that have one: its `KVStates`,
+                the token ids of its embedding input, or a plan item.
             recompute: the plan's selective-recomputation setting.
+            chat_prompt: mode `none` only: the query rendered with the chat template.
         """
-        if mode not in RAG_MODES or mode == "none":
-            raise ValueError(f"Invalid `mode`: {mode!r}. Valid modes with documents are: {RAG_MODES[1:]}.")
+        if mode not in RAG_MODES:
+            raise ValueError(f"Invalid `mode`: {mode!r}. Valid modes are: {RAG_MODES}.")
+        if mode == "none":
+            if chat_prompt is None:
+                raise ValueError("Mode 'none' is the query in the chat template: give `chat_prompt`.")
+            return PromptPlan([Text(chat_prompt + self.response_prefix)])
         if len(documents) != len(doc_texts):
             raise ValueError(
                 f"`documents` must hold one part per text: {len(doc_texts)} texts, {len(documents)} parts."
             )
         if mode in QUERY_PART_MODES and query_part is None:
             raise ValueError(f"Mode {mode!r} puts the query part in the prompt: give `query_part`.")
+        documents = [Cached(item) if isinstance(item, str) else item for item in documents]
+        if isinstance(query_part, KVStates):
+            query_part = Cached(states=query_part)
+        elif isinstance(query_part, list):
+            query_part = Tokens(query_part, embedding_input=True)
         if mode in ("query", "rag_query_doc"):
             items = [query_part, Text(self.suffix(mode, doc=self.doc_separator.join(doc_texts)))]
         elif mode in ("doc", "rag_doc_query"):

@@ -13,7 +13,7 @@ from grit_hf import GritLMForCausalLM
 from grit_hf.cache.positions import find_rotary_embedding, shift_layers
 from grit_hf.generation.compose import close_with_text, compose, continuation_logits
 from grit_hf.generation.plan import Cached, PromptPlan, Tokens
-from grit_hf.generation.recompute import Recompute, deviation_values
+from grit_hf.generation.recompute import Recompute, choose_positions, deviation_values
 from grit_hf.rag import GritRAG
 
 DOCS = [
@@ -164,9 +164,7 @@ def test_the_deviation_rule_recomputes_the_most_deviating_positions(rag):
     expected = sorted((cached - fresh).pow(2).sum(dim=(1, 3))[0].topk(4).indices.tolist())
     result = rag.answer(QUERY, mode="doc", doc_ids=["paris"], recompute="deviation:4", **GEN)
     assert result.recomputed_tokens == 4
-    from grit_hf.generation.compose import _recomputed_positions
-
-    chosen = _recomputed_positions(rag.model, PromptPlan(close_with_text(plan.items), plan.recompute), "cpu")
+    chosen = choose_positions(rag.model, close_with_text(plan.items), plan.recompute, "cpu")
     assert chosen[0].tolist() == [expected]
 
 
@@ -217,7 +215,5 @@ def test_batched_plans_recompute_each_row_its_own_positions(rag):
             alone = continuation_logits(rag.model, plan, [5, 6, 7], rotary, "cpu")
             torch.testing.assert_close(together[row], alone[0], rtol=1e-4, atol=1e-4)
     assert isinstance(batch.items[-1], Tokens)
-    from grit_hf.generation.compose import _recomputed_positions
-
-    chosen = _recomputed_positions(rag.model, PromptPlan(close_with_text(batch.items), batch.recompute), "cpu")[0]
+    chosen = choose_positions(rag.model, close_with_text(batch.items), batch.recompute, "cpu")[0]
     assert chosen.shape[0] == 2 and not torch.equal(chosen[0], chosen[1])  # each row chose its own positions
