@@ -10,6 +10,7 @@ Endpoints:
 | `GET /v1/models`, `GET /v1/models/{id}` | the one served model |
 | `POST /v1/embeddings` | OpenAI's embeddings; extensions `input_type`, `instruction`, `cache` (`grit_hf.serve.embeddings`) |
 | `POST /v1/chat/completions` | OpenAI's chat completions, streamed or not; extensions `documents`, `reuse_cache`, `ignore_eos` |
+| `POST /v1/rerank`, `POST /rerank` | rank documents for a query (Cohere/Jina/vLLM/TEI shape); indexed ones from their states |
 | `POST /v1/documents` | index documents `{"documents": [{"id"?, "text"}]}` (kept until deleted) |
 | `GET /v1/documents`, `GET/DELETE /v1/documents/{id}` | list, read, delete indexed documents |
 

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from ..rag.gritrag import GritRAG
-from . import chat, embeddings, routes
+from . import chat, embeddings, rerank, routes
 from .errors import install_error_handlers
 from .limits import Limits
 from .metrics import MetricsMiddleware
@@ -47,6 +47,7 @@ def create_app(rag: GritRAG, settings: ServerSettings, limits: Limits | None = N
     app.include_router(routes.router)
     app.include_router(embeddings.router)
     app.include_router(chat.router)
+    app.include_router(rerank.router)
     # the last added is the outermost: metrics see every request, refused ones included
     app.add_middleware(
         GuardMiddleware,

@@ -32,6 +32,8 @@ _ENDPOINTS = (
     "/v1/embeddings",
     "/v1/chat/completions",
     "/v1/documents",
+    "/v1/rerank",
+    "/rerank",
 )
 
 

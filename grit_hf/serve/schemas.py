@@ -24,6 +24,8 @@ __all__ = [
     "StreamOptions",
     "DocumentIn",
     "DocumentsRequest",
+    "RerankDocument",
+    "RerankRequest",
     "encode_embedding",
     "chat_completion",
     "chat_chunk",
@@ -103,6 +105,24 @@ class ChatRequest(_Body):
     )
     reuse_cache: StrictBool = Field(default=True, description="grit-hf: splice cached document states (default)")
     ignore_eos: StrictBool = Field(default=False, description="grit-hf: decode past the end token")
+
+
+class RerankDocument(_Body):
+    text: StrictStr
+
+
+class RerankRequest(_Body):
+    """`POST /v1/rerank` (and `/rerank`), as vLLM, TEI and Infinity serve it for Cohere/Jina clients. Extensions:
+    `method` (`likelihood` or `permutation`)."""
+
+    model: StrictStr | None = None
+    query: StrictStr
+    documents: list[StrictStr | RerankDocument] = Field(min_length=1)
+    top_n: StrictInt | None = None
+    return_documents: StrictBool = True
+    method: Literal["likelihood", "permutation"] = Field(
+        default="likelihood", description="grit-hf: how the model reranks (see grit_hf.rag.rerank)"
+    )
 
 
 class DocumentIn(_Body):
