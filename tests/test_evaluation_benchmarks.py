@@ -161,3 +161,14 @@ def test_recompute_frontier_runs_on_a_tiny_model(grit_checkpoint, tmp_path, shar
     assert rows["none"]["recomputed"] == 0 < rows["head:0.5"]["recomputed"] < rows["head:1.0"]["recomputed"]
     assert set(report["time"]["float32"]["12"]) == {"plain", *rows}
     assert (tmp_path / "f.png").stat().st_size > 0 and "| head:0.5 |" in (tmp_path / "f.md").read_text()
+
+
+def test_document_finding_runs_on_a_tiny_model(grit_checkpoint, tmp_path):
+    """The benchmark finds every request's documents both ways (it asserts the same ids) and reports the times."""
+    finding = load_benchmark("document_finding")
+    finding.main(["--documents", "300", "--runs", "3", "--model", str(grit_checkpoint("llama")), "--results",
+                  str(tmp_path / "d")])  # fmt: skip
+    report = json.loads((tmp_path / "d.json").read_text())
+    assert report["documents"] == 300 and set(report["median_ms"]) == {
+        "by id (plan)", "pasted texts (plan)", "pasted texts (str.find, before)"
+    }  # fmt: skip
