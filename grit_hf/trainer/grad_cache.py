@@ -1,10 +1,10 @@
-"""The representation step of GRIT training: embed, InfoNCE, backward, optionally GradCache-style in chunks.
+"""The representation loss of GRIT training: embed, InfoNCE, optionally GradCache-style in chunks.
 
 With `chunk_size`, the embedding batch is split as in GradCache (Gao et al., 2021) and the GRIT paper: every chunk is
 embedded without a graph, the loss is computed on the cached embeddings (so every chunk still sees all in-batch
-negatives), and each chunk is then re-embedded with a graph and back-propagated with its cached gradient. Memory then
-grows with the chunk, not with the batch, and the gradient equals the unchunked one (RNG states are replayed so dropout
-masks match).
+negatives), and each chunk is then re-embedded with a graph and back-propagated with its cached gradient, the last one
+by the caller. Memory then grows with the chunk, not with the batch, and the gradient equals the unchunked one (RNG
+states are replayed so dropout masks match).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["representation_backward"]
+__all__ = ["representation_backward", "representation_loss"]
 
 EmbedFn = Callable[["EmbeddingFeatures"], torch.Tensor]
 
@@ -35,7 +35,7 @@ def _plain_backward(loss: torch.Tensor) -> None:
     loss.backward()
 
 
-def representation_backward(
+def representation_loss(
     embed: EmbedFn,
     queries: EmbeddingFeatures,
     passages: EmbeddingFeatures,
@@ -46,9 +46,12 @@ def representation_backward(
     cross_device: bool = False,
     no_sync: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     backward: Callable[[torch.Tensor], None] = _plain_backward,
-    extra_loss: Callable[[], torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Compute the InfoNCE loss of `queries` against `passages` and back-propagate `loss_scale * loss`.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`loss_scale` times the InfoNCE loss of `queries` against `passages`, ready for one last backward pass.
+
+    Without `chunk_size`, the result is one graph over the whole batch. With it (GradCache), every chunk but the last
+    is re-embedded and back-propagated here, each under `no_sync`; the result carries the last chunk's graph only.
+    Its backward completes the gradient of `loss_scale * L_rep`, and its value is `loss_scale * L_rep`.
 
     Args:
         embed: maps a feature batch to `(n, dim)` embeddings (the model's bidirectional, prefix-excluded pooling).
@@ -58,14 +61,14 @@ def representation_backward(
         loss_scale: factor of the loss in the backward pass (lambda_rep, divided by the gradient accumulation steps).
         chunk_size: GradCache chunk size (texts per forward pass); `None` embeds everything in one graph.
         cross_device: gather the passages of every process (autograd-aware) so they all serve as negatives.
-        no_sync: context manager factory that suspends gradient synchronisation (DDP), used for all backward passes
-            but the last.
-        backward: the function that back-propagates a model loss (e.g. `accelerator.backward`).
-        extra_loss: called just before the final backward; its result is added to it (the generative loss, so that a
-            single synchronised backward reaches every parameter).
+        no_sync: context manager factory that suspends gradient synchronisation (DDP), used for the backward passes
+            of the chunks before the last.
+        backward: the function that back-propagates a model loss (e.g. `accelerator.backward`), used for the chunks
+            before the last.
 
     Returns:
-        `(rep_loss, extra)`: the unscaled InfoNCE loss and the extra loss, both detached.
+        `(scaled, rep_loss)`: `loss_scale * L_rep` with the graph still to back-propagate, and the unscaled InfoNCE
+        loss, detached.
     """
     if cross_device:
         offset = _rank() * len(passages)
@@ -75,10 +78,7 @@ def representation_backward(
         passage_embeddings = embed(passages)
         all_passages = _gather(passage_embeddings) if cross_device else passage_embeddings
         loss = info_nce_loss(query_embeddings, all_passages, targets, temperature)
-        total = loss * loss_scale
-        extra = extra_loss() if extra_loss is not None else None
-        backward(total if extra is None else total + extra)
-        return loss.detach(), None if extra is None else extra.detach()
+        return loss * loss_scale, loss.detach()
 
     check_positive_int(chunk_size, "chunk_size")
     chunks = list(queries.chunks(chunk_size)) + list(passages.chunks(chunk_size))
@@ -95,18 +95,48 @@ def representation_backward(
     # Only the cached leaves receive gradients here (no model parameter is in this graph).
     torch.autograd.backward(loss * loss_scale, inputs=cached)
 
-    extra = None
-    for index, (chunk, state, leaf) in enumerate(zip(chunks, states, cached)):
-        last = index == len(chunks) - 1
-        with contextlib.nullcontext() if last else no_sync():
-            with state:
-                embeddings = embed(chunk)
-            surrogate = torch.dot(embeddings.flatten(), leaf.grad.flatten())
-            if last and extra_loss is not None:
-                extra = extra_loss()
-                surrogate = surrogate + extra
-            backward(surrogate)
-    return loss.detach(), None if extra is None else extra.detach()
+    def surrogate(chunk, state, leaf) -> torch.Tensor:
+        """Re-embed `chunk` with a graph (same dropout): its gradient is the chunk's share of the loss's."""
+        with state:
+            embeddings = embed(chunk)
+        return torch.dot(embeddings.flatten(), leaf.grad.flatten())
+
+    *earlier, last = zip(chunks, states, cached)
+    for chunk_state_leaf in earlier:
+        with no_sync():  # the forward too: DDP prepares its reducer in the forward pass
+            backward(surrogate(*chunk_state_leaf))
+    last_part = surrogate(*last)
+    # The value of `loss * loss_scale` with the gradient of the last chunk's surrogate (`x - x.detach()` is 0).
+    return (loss * loss_scale).detach() + (last_part - last_part.detach()), loss.detach()
+
+
+def representation_backward(
+    embed: EmbedFn,
+    queries: EmbeddingFeatures,
+    passages: EmbeddingFeatures,
+    targets: torch.Tensor,
+    temperature: float,
+    loss_scale: float,
+    chunk_size: int | None = None,
+    cross_device: bool = False,
+    no_sync: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    backward: Callable[[torch.Tensor], None] = _plain_backward,
+    extra_loss: Callable[[], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`representation_loss`, then its last backward pass (outside `no_sync`), with `extra_loss()` added to it.
+
+    `extra_loss` (e.g. a generative loss) is called after the representation graphs are built, so that a single
+    synchronised backward reaches every parameter. The other arguments are those of `representation_loss`.
+
+    Returns:
+        `(rep_loss, extra)`: the unscaled InfoNCE loss and the extra loss, both detached.
+    """
+    scaled, loss = representation_loss(
+        embed, queries, passages, targets, temperature, loss_scale, chunk_size, cross_device, no_sync, backward
+    )
+    extra = extra_loss() if extra_loss is not None else None
+    backward(scaled if extra is None else scaled + extra)
+    return loss, None if extra is None else extra.detach()
 
 
 def _gather(tensor: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,6 @@ from typing import Any
 
 import torch
 from accelerate.logging import get_logger
-from accelerate.utils import DistributedType
-from accelerate.utils.memory import clear_device_cache
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from trl import SFTTrainer
 
@@ -26,7 +24,7 @@ from .cache_loss import CacheStream
 from .collators import EmbeddingBatchSampler, EmbeddingCollator, StepIndexCollator
 from .data import load_embedding_dataset, load_generative_dataset
 from .embedding_forward import add_embedding_forward
-from .grad_cache import representation_backward
+from .grad_cache import representation_loss
 from .grit_config import GRITConfig
 from .losses import generative_loss_units, sample_index_from_position_ids
 
@@ -232,13 +230,77 @@ class GRITTrainer(SFTTrainer):
         self._micro = (step, taken + 1)
         return step * self.args.gradient_accumulation_steps + taken
 
-    def _backward(self, loss: torch.Tensor) -> None:
-        kwargs = {"scale_wrt_gas": False} if self.accelerator.distributed_type == DistributedType.DEEPSPEED else {}
-        self.accelerator.backward(loss, **kwargs)
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """This micro-step's `lambda_rep * L_rep + lambda_gen * L_gen + lambda_cache * L_cache`, already scaled for
+        gradient accumulation and processes (`loss_is_scaled_for_ga`); the stock `training_step` back-propagates it.
+
+        L_rep is computed on this micro-step's embedding batch, L_gen on `inputs` (this micro-batch's share of the
+        global batch's L_gen, exact for every aggregation: see `get_batch_samples`, so `num_items_in_batch` is not
+        used) and L_cache on this micro-step's cache batch. Evaluation (the model in eval mode) is `SFTTrainer`'s.
+
+        GradCache (`emb_chunk_size`) needs one backward pass per chunk, and the stock `training_step` runs one per
+        micro-step: each chunk's graph is freed before the next one is built, which is where its memory saving comes
+        from. So the chunks before the last are back-propagated here, under `accelerator.no_sync` (DDP synchronises
+        the gradients once, in the last backward); the returned loss carries the last chunk's graph, L_gen's and
+        L_cache's, and its value is the whole loss, which the Trainer logs. DeepSpeed, which allows one backward pass
+        per step, is refused in `__init__`.
+        """
+        if not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        micro_step = self._next_micro_step()
+        self._grit_steps.add(self.state.global_step)
+        args, sums = self.args, self._grit_sums
+        accumulation, world = self.current_gradient_accumulation_steps, self.accelerator.num_processes
+        loss = torch.zeros((), device=self.accelerator.device)
+        if args.mode != "generative":
+            batch = self._embedding_batch(micro_step)
+
+            def embed(features):
+                return model(
+                    input_ids=features.input_ids, attention_mask=features.attention_mask,
+                    prefix_lengths=features.prefix_lengths, grit_embed=True,
+                )  # fmt: skip
+
+            loss, rep_loss = representation_loss(
+                embed, batch["queries"], batch["passages"], batch["targets"], args.temperature,
+                loss_scale=args.lambda_rep / accumulation, chunk_size=args.emb_chunk_size,
+                cross_device=args.negatives_cross_device,
+                no_sync=functools.partial(self.accelerator.no_sync, model=model), backward=self.accelerator.backward,
+            )  # fmt: skip
+            sums["loss_rep"] += rep_loss / (accumulation * world)
+            sums["num_tokens_rep"] += batch["queries"].attention_mask.sum() + batch["passages"].attention_mask.sum()
+        if args.mode != "embedding":
+            gen_share = self._generative_share(model, inputs)
+            loss = loss + args.lambda_gen * gen_share * world  # DDP averages gradients over processes
+            sums["loss_gen"] += gen_share.detach()
+            mask = inputs.get("attention_mask")
+            sums["num_tokens_gen"] += mask.sum() if mask is not None else inputs["input_ids"].numel()
+        if self._cache_stream is not None:
+            cache_loss = self._cache_stream.loss(
+                model, lambda ids, mask: model(input_ids=ids, attention_mask=mask, grit_states=True), micro_step,
+                self.accelerator.process_index, world,
+            )  # fmt: skip
+            loss = loss + args.lambda_cache * cache_loss / accumulation
+            sums["loss_cache"] += cache_loss.detach() / (accumulation * world)
+        return (loss, None) if return_outputs else loss
 
     def _generative_share(self, model, inputs: dict) -> torch.Tensor:
         """This micro-batch's share of the global batch's L_gen (the shares of all micro-batches and processes sum
-        to L_gen)."""
+        to L_gen).
+
+        The label log-probabilities come from TRL's fused LM head, which `SFTTrainer.__init__` puts on the model with
+        `trl.trainer.utils.add_fused_lm_head` (temperature 1). What we rely on, tested on the lowest TRL we allow
+        (`tests/trainer/test_grit_trainer.py::test_fused_lm_head_contract`):
+
+        - `model(**inputs, fused_lm_head=True)` with `labels` `(batch, seq)` runs the decoder (`model.base_model`,
+          whose output has `last_hidden_state`) and scores each position's next-token label through the LM head
+          without building the `(batch, seq, vocab)` logits; without the flag the forward is the model's own.
+        - `.log_probs` `(batch, seq - 1)`: `log_softmax(logits[:, :-1])` at `labels[:, 1:]`, with its gradient, and
+          0 where that label is -100. (With `shift_labels`, which context parallelism passes, it would be `seq`
+          long: we pass none.)
+        - `.label_mask` `(batch, seq - 1)`, bool: `labels[:, 1:] != -100`, the tokens L_gen counts.
+        - `.aux_loss`: the MoE load-balancing loss, when called with `output_router_logits=True`.
+        """
         inputs = {k: v for k, v in inputs.items() if k != "grit_step"}
         inputs["use_cache"] = False
         if self.aux_loss_enabled:
@@ -263,76 +325,6 @@ class GRITTrainer(SFTTrainer):
         batch = self._emb_collator(self._embedding_dataset, indices, micro_step)
         device = self.accelerator.device
         return {key: value.to(device) for key, value in batch.items()}
-
-    def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
-        """One micro-step: L_rep on this micro-step's embedding batch, L_gen on `inputs` and L_cache on this
-        micro-step's cache batch, one synchronised backward at the end (GradCache chunks before it run without
-        gradient synchronisation)."""
-        model.train()
-        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
-            self.optimizer.train()
-        inputs = self._prepare_inputs(inputs)
-        micro_step = self._next_micro_step()
-        self._grit_steps.add(self.state.global_step)
-        args = self.args
-        accumulation = self.current_gradient_accumulation_steps
-        world = self.accelerator.num_processes
-        gen_share = rep_loss = cache_loss = None
-
-        def other_losses() -> torch.Tensor:
-            """lambda_gen * L_gen and lambda_cache * L_cache of this micro-step (added to the last backward)."""
-            nonlocal gen_share, cache_loss
-            total = torch.zeros((), device=self.accelerator.device)
-            if args.mode != "embedding":
-                gen_share = self._generative_share(model, inputs)
-                total = total + args.lambda_gen * gen_share * world  # DDP averages gradients over processes
-            if self._cache_stream is not None:
-                cache_loss = self._cache_stream.loss(
-                    model, lambda ids, mask: model(input_ids=ids, attention_mask=mask, grit_states=True), micro_step,
-                    self.accelerator.process_index, world,
-                )  # fmt: skip
-                total = total + args.lambda_cache * cache_loss / accumulation
-            return total
-
-        with self.maybe_activation_offload_context, self.compute_loss_context_manager():
-            if args.mode == "generative":
-                self._backward(other_losses())
-            else:
-                batch = self._embedding_batch(micro_step)
-
-                def embed(features):
-                    return model(
-                        input_ids=features.input_ids, attention_mask=features.attention_mask,
-                        prefix_lengths=features.prefix_lengths, grit_embed=True,
-                    )  # fmt: skip
-
-                rep_loss, _ = representation_backward(
-                    embed, batch["queries"], batch["passages"], batch["targets"], args.temperature,
-                    loss_scale=args.lambda_rep / accumulation, chunk_size=args.emb_chunk_size,
-                    cross_device=args.negatives_cross_device,
-                    no_sync=functools.partial(self.accelerator.no_sync, model=model), backward=self._backward,
-                    extra_loss=other_losses if args.mode == "unified" or self._cache_stream is not None else None,
-                )  # fmt: skip
-        if args.mode != "generative":
-            self._grit_sums["num_tokens_rep"] += (
-                batch["queries"].attention_mask.sum() + batch["passages"].attention_mask.sum()
-            )
-        if args.mode != "embedding":
-            mask = inputs.get("attention_mask")
-            self._grit_sums["num_tokens_gen"] += mask.sum() if mask is not None else inputs["input_ids"].numel()
-        if args.torch_empty_cache_steps is not None and self.state.global_step % args.torch_empty_cache_steps == 0:
-            clear_device_cache()
-        loss = torch.zeros((), device=self.accelerator.device)
-        if rep_loss is not None:
-            self._grit_sums["loss_rep"] += rep_loss / (accumulation * world)
-            loss = loss + args.lambda_rep * rep_loss / accumulation
-        if gen_share is not None:
-            self._grit_sums["loss_gen"] += gen_share.detach()
-            loss = loss + args.lambda_gen * gen_share.detach() * world
-        if cache_loss is not None:
-            self._grit_sums["loss_cache"] += cache_loss.detach() / (accumulation * world)
-            loss = loss + args.lambda_cache * cache_loss.detach() / accumulation
-        return loss.detach()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add `loss_rep` and `loss_gen` (means over the steps since the last log) and the embedding and generative

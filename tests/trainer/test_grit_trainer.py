@@ -12,7 +12,7 @@ from torch.testing import assert_close
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from grit_hf import GritLMForCausalLM, GritLMModel
-from grit_hf.trainer import GRITTrainer
+from grit_hf.trainer import GRITTrainer, add_embedding_forward
 
 from .helpers import generative_records
 
@@ -214,3 +214,94 @@ def test_datasets_objects_and_tokenizer(tiny_grit, make_args, tiny_data):
     from_files.train()
     for key in ("loss", "loss_rep", "loss_gen"):
         assert _history(trainer)[0][key] == pytest.approx(_history(from_files)[0][key], rel=1e-6)
+
+
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_fused_lm_head_contract(tiny_grit, make_args, tmp_path, packing):
+    """What `GRITTrainer._generative_share` reads from TRL's fused LM head (`add_fused_lm_head`, put on the model by
+    `SFTTrainer`), against a hand computation from the plain forward's logits: `log_probs` `(batch, seq - 1)` are the
+    log-probabilities of the next-token labels (0 where the label is -100) with their gradient, and `label_mask` marks
+    the labels that are not -100."""
+    path = tmp_path / "gen4.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in generative_records(4)))
+    args = make_args(
+        mode="generative", generative_dataset=str(path), per_device_train_batch_size=4, max_length=512,
+        packing=packing,
+    )  # fmt: skip
+    trainer = GRITTrainer(str(tiny_grit), args=args)
+    batches, _ = trainer.get_batch_samples(iter(trainer.get_train_dataloader()), 1, trainer.args.device)
+    batch = {k: v for k, v in batches[0].items() if isinstance(v, torch.Tensor)}
+    model = trainer.model.train()
+    fused = model(**batch, use_cache=False, fused_lm_head=True)
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
+    labels = batch["labels"][:, 1:]
+    mask = labels != -100
+    expected = logits[:, :-1].float().log_softmax(-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+    expected = expected.masked_fill(~mask, 0.0)
+    assert fused.label_mask.dtype == torch.bool and torch.equal(fused.label_mask, mask)
+    assert 0 < int(mask.sum()) < mask.numel() and (labels.shape[0] == 1) == packing
+    assert fused.log_probs.shape == labels.shape and torch.all(fused.log_probs[~mask] == 0)
+    assert_close(fused.log_probs, expected, rtol=1e-5, atol=1e-5)
+    params = [p for p in model.parameters() if p.requires_grad]
+    weights = torch.linspace(0.5, 1.5, mask.numel()).view_as(expected)  # a loss that tells the positions apart
+    got = torch.autograd.grad((fused.log_probs * weights).sum(), params)
+    want = torch.autograd.grad((expected * weights).sum(), params)
+    for g, w in zip(got, want):
+        assert_close(g, w, rtol=1e-4, atol=1e-5 * w.abs().max().item())
+
+
+@pytest.mark.parametrize(
+    "chunk_size, accumulation, aggregation", [(None, 1, "token"), (2, 2, "sample"), (3, 2, "token")]
+)
+def test_a_training_step_follows_the_gradient_of_the_written_loss(
+    tiny_grit, make_args, chunk_size, accumulation, aggregation
+):
+    """One SGD step of `GRITTrainer` (through the stock `training_step`) equals a hand step on
+    `lambda_rep * mean over micro-steps of InfoNCE + lambda_gen * L_gen(global batch)`, computed in one graph from the
+    plain forward (embeddings and logits) with no trainer code: GradCache's chunk backwards, the gradient
+    accumulation scaling and the L_gen aggregation over micro-batches all agree with it."""
+    lr, lambda_rep, lambda_gen = 0.1, 0.7, 1.3
+    args = make_args(
+        max_steps=1, optim="sgd", learning_rate=lr, max_grad_norm=0.0, emb_chunk_size=chunk_size,
+        gradient_accumulation_steps=accumulation, gen_loss_aggregation=aggregation, lambda_rep=lambda_rep,
+        lambda_gen=lambda_gen,
+    )  # fmt: skip
+    trainer = _recording_trainer()(str(tiny_grit), args=args)
+    trainer.seen = []
+    reference = GritLMForCausalLM.from_pretrained(tiny_grit).train()
+    add_embedding_forward(reference)  # `grit_embed=True`: the model's bidirectional, instruction-excluded pooling
+    before = {k: v.detach().clone() for k, v in reference.named_parameters()}
+    trainer.train()
+    assert len(trainer.seen) == accumulation
+
+    loss = 0.0
+    for micro_step in range(accumulation):
+        batch = trainer._embedding_batch(micro_step)
+        queries, passages = (
+            F.normalize(reference(input_ids=f.input_ids, attention_mask=f.attention_mask,
+                                  prefix_lengths=f.prefix_lengths, grit_embed=True), dim=-1)
+            for f in (batch["queries"], batch["passages"])
+        )  # fmt: skip
+        loss = loss + lambda_rep * F.cross_entropy(queries @ passages.T / args.temperature, batch["targets"])
+    loss = loss / accumulation
+    sums, counts = [], []
+    for batch in trainer.seen:
+        logits = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"][:, 1:]
+        nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels.clamp(min=0), reduction="none")
+        sums += list((nll * (labels != -100)).sum(-1))
+        counts += list((labels != -100).sum(-1))
+    if aggregation == "token":
+        generative = sum(sums) / sum(counts)
+    else:
+        generative = sum(s / n for s, n in zip(sums, counts)) / len(sums)
+    (loss + lambda_gen * generative).backward()
+
+    trained = dict(trainer.model.named_parameters())
+    moved = 0
+    for name, weight in before.items():
+        grad = reference.get_parameter(name).grad
+        expected = weight - lr * grad
+        assert_close(trained[name].detach(), expected, rtol=0, atol=1e-6 + 1e-4 * lr * grad.abs().max().item())
+        moved += bool((grad != 0).any())
+    assert moved > 10
