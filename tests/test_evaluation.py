@@ -220,3 +220,38 @@ def test_dense_top_k_in_chunks_and_ties():
     assert whole[0].shape == (7, 4) and (np.diff(whole[1], axis=1) <= 0).all()
     ties = _dense_top_k(torch.ones(1, 2), torch.ones(3, 2), 10)
     assert ties[0].tolist() == [[0, 1, 2]]  # equal scores: corpus order; top_k capped at the corpus size
+
+
+def test_reranking_retriever_keeps_the_first_stage_and_reranks_its_head(grit_checkpoint, tmp_path, monkeypatch):
+    """Without reranking the GritRAG index ranks as `GritRetriever` does (the same embeddings); with a reranker the
+    first `rerank_top_k` are reordered by its scores and the rest keep the first stage's order."""
+    from grit_hf import GritLMForCausalLM
+    from grit_hf.evaluation import GritRetriever
+    from grit_hf.evaluation.reranking import RerankingRetriever
+    from grit_hf.rag.rerank import Reranker
+
+    model = GritLMForCausalLM.from_pretrained(grit_checkpoint("llama")).eval()
+    data = load_retrieval_data(write_data(tmp_path / "data"))
+    queries, documents = list(data.queries.values()), list(data.corpus.values())
+    reference, _ = GritRetriever(model, max_length=64).search(queries, documents, 4, "Retrieve it")
+    plain = RerankingRetriever(model, rerank=None, max_length=64)
+    indices, _ = plain.search(queries, documents, 4, "Retrieve it")
+    assert (indices == reference).all() and (plain.first_stage == reference).all()
+
+    monkeypatch.setattr(Reranker, "scores", lambda self, rag, query, items, reuse_cache=True: list(range(len(items))))
+    reranking = RerankingRetriever(model, rerank="likelihood", rerank_top_k=3, max_length=64)
+    indices, scores = reranking.search(queries, documents, 4, "Retrieve it")
+    assert (reranking.first_stage == reference).all() and reranking.rerank_seconds > 0
+    for row, first in zip(indices, reference):  # the last of the head scores highest: the head reversed
+        assert list(row) == [first[2], first[1], first[0], first[3]]
+    assert list(scores[0][:3]) == [2.0, 1.0, 0.0]
+
+
+def test_cli_reports_metrics_before_and_after_reranking(grit_checkpoint, tmp_path, capsys):
+    folder = write_data(tmp_path / "data")
+    argv = ["eval-retrieval", "--model", str(grit_checkpoint("llama")), "--data", str(folder), "--no-progress"]
+    result = _cli_json(capsys, [*argv, "--rerank", "likelihood", "--rerank-top-k", "3", "--max-length", "64"])
+    assert {"ndcg@10", "ndcg@10 (first stage)", "rerank_seconds"} <= set(result)
+    assert "likelihood rerank of the top 3" in result["retriever"]
+    with pytest.raises(SystemExit):
+        main([*argv, "--rerank", "likelihood", "--bm25"])

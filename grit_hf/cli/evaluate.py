@@ -48,13 +48,33 @@ def _make_retriever(args: argparse.Namespace):
     )
 
 
+def _make_reranking_retriever(args: argparse.Namespace):
+    from ..checkpoint.loading import load_model
+    from ..evaluation.reranking import RerankingRetriever
+
+    if args.model is None or args.bm25 or args.bm25_stem or args.sentence_transformers or args.causal:
+        raise SystemExit("grit-hf eval-retrieval: --rerank needs a GRIT --model (no --bm25, --causal or ST path).")
+    model = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision)
+    return RerankingRetriever(
+        model, args.rerank, rerank_top_k=args.rerank_top_k, max_length=args.max_length or 512,
+        cache_bytes=int(args.rerank_cache_gb * 2**30), show_progress_bar=not args.no_progress,
+    )  # fmt: skip
+
+
 def _cmd_eval_retrieval(args: argparse.Namespace) -> int:
-    from ..evaluation import BM25Retriever, RetrievalEvaluator
+    from ..evaluation import BM25Retriever, RetrievalEvaluator, retrieval_metrics
 
     start = time.perf_counter()
-    retriever = _make_retriever(args)
+    retriever = _make_reranking_retriever(args) if args.rerank else _make_retriever(args)
     evaluator = RetrievalEvaluator(args.data, top_k=args.top_k, query_instruction=args.instruction)
     metrics = evaluator(retriever)
+    if args.rerank:
+        before = retrieval_metrics(evaluator.rankings(retriever.first_stage), evaluator.data.qrels, evaluator.metrics)
+        metrics = {
+            **{f"{name} (first stage)": value for name, value in before.items()},
+            **metrics,
+            "rerank_seconds": retriever.rerank_seconds,
+        }
     result = {
         "data": str(args.data),
         "retriever": retriever.name,
@@ -147,6 +167,16 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--data", required=True, help="folder with queries.jsonl, corpus.jsonl, qrels.tsv [, task.json]"
+    )
+    parser.add_argument(
+        "--rerank",
+        choices=["likelihood", "permutation"],
+        default=None,
+        help="rerank each query's first --rerank-top-k with the same GRIT model (reports the metrics before too)",
+    )
+    parser.add_argument("--rerank-top-k", type=int, default=10, help="candidates reranked per query")
+    parser.add_argument(
+        "--rerank-cache-gb", type=float, default=2.0, help="memory for the documents' cached states while reranking"
     )
     parser.add_argument("--bm25", action="store_true", help="BM25 (bm25s) instead of a model")
     parser.add_argument("--bm25-stem", action="store_true", help="BM25 with the English stemmer (PyStemmer)")

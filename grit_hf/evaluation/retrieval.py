@@ -235,18 +235,27 @@ class RetrievalEvaluator:
         self.top_k = max(top_k, *(int(metric.split("@")[1]) for metric in self.metrics))
         self.query_instruction = self.data.query_instruction if query_instruction is None else query_instruction
 
+    @property
+    def query_ids(self) -> list[str]:
+        """The judged queries, in the order retrievers get them."""
+        return [qid for qid in self.data.queries if qid in self.data.qrels]
+
     def search(self, retriever: Retriever) -> dict[str, list[str]]:
         """Ranked document ids per query id (`top_k` each)."""
-        query_ids = [qid for qid in self.data.queries if qid in self.data.qrels]
-        doc_ids = list(self.data.corpus)
+        query_ids = self.query_ids
         indices, _ = retriever.search(
             [self.data.queries[qid] for qid in query_ids],
-            [self.data.corpus[did] for did in doc_ids],
+            [self.data.corpus[did] for did in self.data.corpus],
             self.top_k,
             query_instruction=self.query_instruction,
             doc_instruction=self.data.doc_instruction,
         )
-        return {qid: [doc_ids[i] for i in row] for qid, row in zip(query_ids, indices)}
+        return self.rankings(indices)
+
+    def rankings(self, indices) -> dict[str, list[str]]:
+        """Document ids per query id from a `[queries, k]` array of corpus indices (in `query_ids` order)."""
+        doc_ids = list(self.data.corpus)
+        return {qid: [doc_ids[i] for i in row] for qid, row in zip(self.query_ids, indices)}
 
     def __call__(self, retriever: Retriever) -> dict[str, float]:
         return retrieval_metrics(self.search(retriever), self.data.qrels, self.metrics)
