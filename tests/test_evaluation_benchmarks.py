@@ -172,3 +172,28 @@ def test_document_finding_runs_on_a_tiny_model(grit_checkpoint, tmp_path):
     assert report["documents"] == 300 and set(report["median_ms"]) == {
         "by id (plan)", "pasted texts (plan)", "pasted texts (str.find, before)"
     }  # fmt: skip
+
+
+def test_rerank_benchmark_runs_on_a_tiny_model(grit_checkpoint, tmp_path):
+    """Both methods rerank the first stage (nDCG before and after) and are timed from states and from text."""
+    from test_evaluation import write_data
+
+    rerank = load_benchmark("rerank")
+    path = str(grit_checkpoint("llama"))
+    argv = [
+        "--models",
+        path,
+        "--data",
+        str(write_data(tmp_path / "data")),
+        "--rerank-top-k",
+        "3",
+        "--max-length",
+        "64",
+    ]
+    rerank.main([*argv, "--candidates", "3", "--doc-tokens", "12", "--runs", "1", "--no-progress", "--results",
+                 str(tmp_path / "r")])  # fmt: skip
+    report = json.loads((tmp_path / "r.json").read_text())
+    entry = report["models"][path]
+    assert set(entry["quality"]["rows"]) == {"embedding retrieval", "+ likelihood", "+ permutation"}
+    assert set(entry["time"]["methods"]) == {"likelihood", "permutation"}
+    assert all(row["ndcg@10"] <= 1.0 for row in entry["quality"]["rows"].values())
