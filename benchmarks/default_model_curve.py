@@ -33,8 +33,9 @@ __all__ = ["main"]
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
-def load_point(base_path: Path, checkpoint: Path | None, dtype):
-    """The base model, or the base with the checkpoint's adapter merged in (and its GRIT settings), in `dtype`."""
+def load_point(base_path: Path, checkpoint: Path | None, dtype, recompute: str | None = None):
+    """The base model, or the base with the checkpoint's adapter merged in (and its GRIT settings), in `dtype`;
+    `recompute` sets the selective recomputation its doc caching is measured with."""
     import torch
     from peft import PeftModel
 
@@ -46,6 +47,8 @@ def load_point(base_path: Path, checkpoint: Path | None, dtype):
         for key, value in (json.loads(settings.read_text()) if settings.is_file() else {}).items():
             setattr(model.config, key, value)
         model = PeftModel.from_pretrained(model, str(checkpoint)).merge_and_unload()
+    if recompute is not None:
+        model.config.cache_recompute = None if recompute == "none" else recompute
     return model.to(dtype).eval()
 
 
@@ -148,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--watch", action="store_true", help="wait for new checkpoints until the run has finished")
     parser.add_argument("--max-steps", type=int, default=None, help="with --watch: stop after this step")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--start-adapter", type=Path, default=None, help="step 0 is this adapter (a run that starts from one), not the base"
+    )
+    parser.add_argument(
+        "--recompute", default=None, help="doc caching's selective recomputation at every point (default: as recorded)"
+    )
     parser.add_argument("--smoke", action="store_true", help="evaluation subsets (figures only show that it runs)")
     args = parser.parse_args(argv)
     import torch
@@ -166,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     report = json.loads(json_path.read_text()) if json_path.is_file() else {"points": []}
     report.update(environment("transformers", "peft"))
     report.update({
-        "label": args.label, "training_command": args.training_command,
+        "label": args.label, "training_command": args.training_command, "start_adapter": str(args.start_adapter),
         "command": command_line(__file__, argv),
         "eval_set": f"manpages/eval {len(data.qrels)} queries / {len(data.corpus)} documents; lmtext {len(passages)} "
         f"passages; doc caching on the first {len(examples)} manpages/eval pages; {args.dtype}",
@@ -179,10 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_steps is not None:
             todo = [point for point in todo if point[0] <= args.max_steps]
         for step, checkpoint in todo:
-            point = {
-                "step": step,
-                **evaluate_point(load_point(base_path, checkpoint, dtype), data, passages, examples),
-            }
+            checkpoint = args.start_adapter if checkpoint is None else checkpoint
+            model = load_point(base_path, checkpoint, dtype, args.recompute)
+            point = {"step": step, "recompute": model.config.cache_recompute or "none",
+                     **evaluate_point(model, data, passages, examples)}  # fmt: skip
             print(json.dumps(point), flush=True)
             report["points"] = sorted([*report["points"], point], key=lambda p: p["step"])
             report["training_losses"] = training_losses(args.run)

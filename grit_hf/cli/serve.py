@@ -45,6 +45,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     store.add_argument("--cache-dir", default=None, help="keep states on disk here (the memory store fronts it)")
     store.add_argument("--cache-attention", choices=["causal", "bidirectional"], default=None)
     store.add_argument(
+        "--recompute",
+        default=None,
+        help="selective recomputation of bidirectional cached states, RULE:AMOUNT (deviation, head, tail, random; "
+        "e.g. head:0.1) or none (default: the checkpoint's cache_recompute)",
+    )
+    store.add_argument(
         "--decode-cache",
         choices=["preallocated", "dynamic", "static"],
         default=None,
@@ -116,6 +122,7 @@ def build_app(args: argparse.Namespace, model=None):
     else:
         store = MemoryKVStore(max_bytes=args.cache_bytes)
     rag_kwargs = dict(store=store, max_length=limits.max_input_tokens + 512, cache_attention=args.cache_attention)
+    rag_kwargs.update(recompute=args.recompute)
     batch_decoding = args.batch_decoding and args.decode_cache != "static"
     rag_kwargs.update(decode_cache=args.decode_cache, compile=args.compile or None, batch_decoding=batch_decoding)
     source = model if model is not None else args.model

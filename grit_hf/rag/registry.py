@@ -26,6 +26,7 @@ from transformers.utils import logging
 from ..checkpoint.loading import load_model
 from ..folders.default_model import DEFAULT_MODEL_NAME
 from ..folders.resolve import DEFAULT_NAMES, checkpoint_display_name, is_model_name, resolve_checkpoint
+from ..generation.recompute import Recompute
 from ..modeling_gritlm import GritLMPreTrainedModel
 from .gritrag import GritRAG
 
@@ -81,9 +82,10 @@ def _check_same(entry: _Entry, load_kwargs: dict[str, Any], rag_kwargs: dict[str
         if k != "revision"  # part of the key: the same resolved snapshot folder is the same checkpoint
     ]
     requested += [
-        ("GritRAG argument", k, v, getattr(entry.rag, k, entry.rag_kwargs.get(k, _MISSING)))
+        ("GritRAG argument", k, Recompute.parse(v) if k == "recompute" else v,
+         getattr(entry.rag, k, entry.rag_kwargs.get(k, _MISSING)))
         for k, v in rag_kwargs.items()
-    ]
+    ]  # fmt: skip
     for what, key, value, actual in requested:
         if actual is not value and actual != value:
             have = "without it" if actual is _MISSING else f"with `{key}`={actual!r}"

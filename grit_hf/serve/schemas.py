@@ -148,12 +148,17 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
+def usage(result) -> dict[str, Any]:
+    """OpenAI's `usage` of a `GenerationResult`; `prompt_tokens_details.recomputed_tokens` (an extension) counts the
+    cached positions computed again (selective recomputation)."""
     return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+        "prompt_tokens_details": {
+            "cached_tokens": result.cache_read_tokens,
+            "recomputed_tokens": result.recomputed_tokens,
+        },
         "completion_tokens_details": {"reasoning_tokens": 0},
     }
 
@@ -173,7 +178,7 @@ def chat_completion(request_id: str, model: str, text: str, result, created: int
                 "logprobs": None,
             }
         ],
-        "usage": usage(result.prompt_tokens, result.completion_tokens, result.cache_read_tokens),
+        "usage": usage(result),
         "system_fingerprint": None,
         "cached_documents": list(result.doc_ids),
     }
@@ -198,7 +203,7 @@ def chat_chunk(
     }
     if result is not None:
         chunk["choices"] = []
-        chunk["usage"] = usage(result.prompt_tokens, result.completion_tokens, result.cache_read_tokens)
+        chunk["usage"] = usage(result)
         chunk["cached_documents"] = list(result.doc_ids)
     else:
         chunk["choices"] = [{"index": 0, "delta": delta or {}, "finish_reason": finish_reason, "logprobs": None}]

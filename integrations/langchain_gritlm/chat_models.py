@@ -155,6 +155,7 @@ class ChatGritLM(UsesSharedGrit, BaseChatModel):
             "model_provider": "gritlm",
             "finish_reason": result.finish_reason,
             "cache_read_tokens": result.cache_read_tokens,
+            "recomputed_tokens": result.recomputed_tokens,
             "cached_doc_ids": list(result.doc_ids),
         }
 

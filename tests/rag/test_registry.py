@@ -204,3 +204,19 @@ def test_aiter_in_thread():
 
     with pytest.raises(RuntimeError, match="boom"):
         asyncio.run(collect(failing))
+
+
+def test_the_recompute_setting_is_shared_and_checked(path):
+    """A setting given as text is the same setting as its parsed form; another one is refused, not silently shared."""
+    from grit_hf.rag import Recompute
+
+    shared = get_shared(path, rag_kwargs={"recompute": "head:0.1", "cache_attention": "bidirectional"})
+    assert shared.recompute == Recompute(0.1, "head")
+    assert get_shared(path, rag_kwargs={"recompute": "head:0.1"}) is shared
+    assert get_shared(path, rag_kwargs={"recompute": Recompute(0.1, "head")}) is shared
+    with pytest.raises(ValueError, match="recompute"):
+        get_shared(path, rag_kwargs={"recompute": "deviation:0.1"})
+    result = shared.answer(
+        "Where are the parks?", mode="doc", doc_ids=shared.add_documents([DOCS[1]]), max_new_tokens=2
+    )
+    assert result.recomputed_tokens > 0

@@ -80,3 +80,27 @@ def test_serve_model_default_answers_offline(default_model_dir):
         from grit_hf.rag import release_shared
 
         release_shared(running.state.rag.model)
+
+
+def test_the_recompute_flag_reaches_the_answers_and_their_usage(tiny_model):
+    """`--recompute` sets the shared instance's selective recomputation; a chat over a document named by id reports
+    the recomputed positions in `usage.prompt_tokens_details` beside the cached ones."""
+    import httpx
+    from serve_helpers import start_server
+
+    running = start_server(["--cache-attention", "bidirectional", "--recompute", "head:3"], model=tiny_model)
+    try:
+        base = running.base_url
+        text = "Berlin is the capital of Germany; it has many museums and parks."
+        httpx.post(base + "/v1/documents", json={"documents": [{"id": "berlin", "text": text}]}, timeout=60)
+        body = {"messages": [{"role": "user", "content": "Where are the parks?"}], "documents": ["berlin"]}
+        usage = httpx.post(base + "/v1/chat/completions", json={**body, "max_tokens": 2}, timeout=60).json()["usage"]
+        assert usage["prompt_tokens_details"]["recomputed_tokens"] == 3
+        assert usage["prompt_tokens_details"]["cached_tokens"] > 0
+        plain = httpx.post(
+            base + "/v1/chat/completions", json={**body, "max_tokens": 2, "reuse_cache": False}, timeout=60
+        )
+        assert plain.json()["usage"]["prompt_tokens_details"] == {"cached_tokens": 0, "recomputed_tokens": 0}
+        assert plain.json()["usage"]["prompt_tokens"] == usage["prompt_tokens"]  # the same token ids, read as text
+    finally:
+        running.stop()

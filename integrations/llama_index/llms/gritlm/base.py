@@ -34,6 +34,7 @@ _ROLE_NAMES = {MessageRole.DEVELOPER: "system", MessageRole.CHATBOT: "assistant"
 def _usage(result: GenerationResult) -> dict[str, Any]:
     return {
         "cache_read_tokens": result.cache_read_tokens,
+        "recomputed_tokens": result.recomputed_tokens,
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
         "total_tokens": result.prompt_tokens + result.completion_tokens,
