@@ -197,17 +197,11 @@ def _as_api_error(error: BaseException) -> APIError:
     return APIError(500, f"Generation failed ({type(error).__name__}); see the server's log.", code="internal_error")
 
 
-def _timeout(state: ServerState) -> APIError:
-    return APIError(
-        504, f"The request took longer than the server's limit of {state.limits.request_timeout:g} s.", code="timeout"
-    )
-
-
 async def _failure(state: ServerState, job: GenerationJob, kind: str, value) -> APIError:
     """The error a job that timed out or failed ends with, once it is closed (so its slot is free again before the
     client hears of the failure)."""
     await job.close()
-    return _timeout(state) if kind == "timeout" else _as_api_error(value)
+    return state.timeout_error() if kind == "timeout" else _as_api_error(value)
 
 
 async def _wait_for_disconnect(request: Request) -> None:

@@ -15,7 +15,6 @@ send extra fields marks queries with `input_type: "query"` (the checkpoint's que
 from __future__ import annotations
 
 import asyncio
-import time
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -95,13 +94,7 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
     await state.in_thread(state.check_fits, texts, "" if key[0] == "document" else key[1], "input")
     future = asyncio.wrap_future(state.batcher.submit(key, texts))
     try:
-        vectors = await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
-    except TimeoutError:
-        raise APIError(
-            504,
-            f"The request took longer than the server's limit of {state.limits.request_timeout:g} s.",
-            code="timeout",
-        ) from None
+        vectors = await state.before(deadline, future)
     except (ValueError, TypeError) as error:
         raise APIError(400, str(error), "input") from None
     if body.dimensions is not None:

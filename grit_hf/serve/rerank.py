@@ -10,9 +10,6 @@ instruction and the query are run for it. Any other document is read as text and
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -48,16 +45,7 @@ async def rerank(body: RerankRequest, request: Request) -> JSONResponse:
     check_tokens(counts[1:], state.limits.max_input_tokens, "documents")
     reranker = Reranker(body.method)
     try:
-        scores = await asyncio.wait_for(
-            state.in_thread(state.rag.rerank, body.query, None, texts, reranker),
-            max(0.0, deadline - time.monotonic()),
-        )
-    except TimeoutError:
-        raise APIError(
-            504,
-            f"The request took longer than the server's limit of {state.limits.request_timeout:g} s.",
-            code="timeout",
-        ) from None
+        scores = await state.before(deadline, state.in_thread(state.rag.rerank, body.query, None, texts, reranker))
     except (ValueError, TypeError) as error:
         raise APIError(400, str(error), "documents") from None
     order = sorted(range(len(texts)), key=lambda index: -scores[index])[:top_n]

@@ -128,6 +128,21 @@ class ServerState:
         """Run blocking work (tokenizing, indexing) in the default thread pool."""
         return await asyncio.get_running_loop().run_in_executor(None, function, *args)
 
+    def timeout_error(self) -> APIError:
+        """The 504 of a request that took longer than `request_timeout`."""
+        return APIError(
+            504,
+            f"The request took longer than the server's limit of {self.limits.request_timeout:g} s.",
+            code="timeout",
+        )
+
+    async def before(self, deadline: float, awaitable):
+        """The result of `awaitable`, or `timeout_error()` once `deadline` (`time.monotonic()`) has passed."""
+        try:
+            return await asyncio.wait_for(awaitable, max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise self.timeout_error() from None
+
     def close(self) -> None:
         self.batcher.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
