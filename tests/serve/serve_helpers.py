@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "API_KEY", "SMALL_LIMITS", "RunningServer", "free_port", "start_server", "slow_generation", "slowed", "log_records"
+    "API_KEY",
+    "SMALL_LIMITS",
+    "RunningServer",
+    "free_port",
+    "start_server",
+    "slow_generation",
+    "slowed",
+    "log_records",
 ]
 
 API_KEY = "test-key"
