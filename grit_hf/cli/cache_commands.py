@@ -1,5 +1,6 @@
 """`grit-hf cache upgrade DIR`: rewrite a disk key/value store's entries of the old format `grit_hf.kv/1` (no
-checksums) in the current format, with checksums, so that the store reads them without `read_unverified=True`."""
+checksums) in the current format, with checksums, so that the store reads them without `read_unverified=True`;
+damaged ones (that reads refuse) are skipped and named."""
 
 from __future__ import annotations
 
@@ -16,10 +17,16 @@ def _cmd_upgrade(args: argparse.Namespace) -> int:
     directory = Path(args.directory)
     if not directory.is_dir():
         raise FileNotFoundError(2, "No such directory", str(directory))
-    upgraded = DiskKVStore(directory).upgrade()
-    print(
-        f"grit-hf cache upgrade: {upgraded} entr{'y' if upgraded == 1 else 'ies'} rewritten with checksums in {directory}"
-    )
+    report = DiskKVStore(directory).upgrade()
+    count = len(report.rewritten)
+    print(f"grit-hf cache upgrade: {count} entr{'y' if count == 1 else 'ies'} rewritten with checksums in {directory}")
+    if report.skipped:
+        print(
+            f"grit-hf cache upgrade: {len(report.skipped)} damaged entr{'y' if len(report.skipped) == 1 else 'ies'} "
+            "of the old format skipped (left as they are; reads refuse them; delete them or recompute):"
+        )
+        for name, reason in report.skipped.items():
+            print(f"  {name}: {reason}")
     return 0
 
 

@@ -89,6 +89,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         ("request_timeout", float),
     ):
         limits.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name))
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=10.0,
+        help="seconds open requests may still take after SIGTERM or Ctrl-C; then each ends with a 503 in OpenAI's "
+        "format (streams with a final error event)",
+    )
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.set_defaults(func=run)
     return parser
@@ -138,6 +145,7 @@ def build_app(args: argparse.Namespace, model=None):
         cache_embeddings=args.cache_embeddings,
         batch_size=args.batch_size,
         batch_wait=args.batch_wait_ms / 1000,
+        shutdown_timeout=args.shutdown_timeout,
     )
     return create_app(rag, settings, limits)
 
@@ -164,6 +172,8 @@ def build_server(args: argparse.Namespace, model=None):
     """A `uvicorn.Server` for parsed `args`, not yet running (`server.run()` blocks; tests run it in a thread)."""
     import uvicorn
 
+    from ..serve.shutdown import BACKSTOP_SECONDS, GracefulServer
+
     if not _is_loopback(args.host) and not (args.api_key or os.environ.get(API_KEY_ENV)):
         logger.warning(f"Listening on {args.host} without an API key: anyone who can reach it may use the model.")
     app = build_app(args, model)
@@ -173,10 +183,12 @@ def build_server(args: argparse.Namespace, model=None):
         port=args.port,
         log_level=args.log_level,
         timeout_keep_alive=5,
-        timeout_graceful_shutdown=10,  # then open streams are cancelled, which stops their generations
+        # open requests end in OpenAI's format after --shutdown-timeout (serve/shutdown.py); uvicorn's own deadline,
+        # which cancels tasks with a traceback each, is a backstop that is not reached
+        timeout_graceful_shutdown=args.shutdown_timeout + BACKSTOP_SECONDS,
         access_log=False,
     )
-    return uvicorn.Server(config)
+    return GracefulServer(config, app.state.shutdown)
 
 
 class _Stop(Exception):
@@ -188,8 +200,8 @@ def _on_sigterm(signum, frame) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build and run the server until Ctrl-C (SIGINT) or SIGTERM: uvicorn finishes open requests (up to 10 s), then
-    one line says how it ended; no traceback."""
+    """Build and run the server until Ctrl-C (SIGINT) or SIGTERM: open requests may finish for `--shutdown-timeout`
+    seconds, then each ends with a 503 in OpenAI's format; one line says how it ended; no traceback."""
     import signal
     import sys
 

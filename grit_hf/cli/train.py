@@ -92,8 +92,7 @@ def train(training_args, model_args):
     trainer.accelerator.wait_for_everyone()
     if trainer.accelerator.is_main_process:
         print(f"Saved the GRIT model to {training_args.output_dir}", file=sys.stderr)
-    if hasattr(trainer, "end"):  # transformers >= 5.18: finish trackers, destroy the process group
-        trainer.end()
+    trainer.end()  # the distributed state ends here, in order, not in destructors at exit (see trainer/teardown.py)
     return trainer
 
 

@@ -14,7 +14,8 @@ Endpoints:
 | `POST /v1/documents` | index documents `{"documents": [{"id"?, "text"}]}` (kept until deleted) |
 | `GET /v1/documents`, `GET/DELETE /v1/documents/{id}` | list, read, delete indexed documents |
 
-Errors use OpenAI's error JSON (`grit_hf.serve.errors`); limits are in `grit_hf.serve.limits.Limits`.
+Ids in paths are percent-encoded UTF-8 and name exactly the id they spell; `POST /v1/documents` refuses ids a URL
+cannot carry (`grit_hf.serve.ids`). Errors use OpenAI's error JSON (`grit_hf.serve.errors`); limits are in `grit_hf.serve.limits.Limits`.
 Needs the `serve` extra: `pip install "grit-hf[serve]"`.
 """
 

@@ -23,6 +23,7 @@ import numpy as np
 from ..rag.documents import MIN_CACHED_CHARS, document_id
 from ..rag.gritrag import GritRAG
 from .errors import APIError
+from .ids import check_id
 
 __all__ = ["ServerDocuments"]
 
@@ -70,8 +71,7 @@ class ServerDocuments:
         ids = [document_id(text) if doc_id is None else doc_id for text, doc_id in zip(texts, ids)]
         seen: dict[str, str] = {}
         for index, (doc_id, text) in enumerate(zip(ids, texts)):
-            if not doc_id:
-                raise APIError(400, "Document ids must be non-empty strings.", f"documents[{index}].id")
+            check_id(doc_id, f"documents[{index}].id")
             if seen.setdefault(doc_id, text) != text:
                 raise APIError(400, f"The id {doc_id!r} is given to two different texts.", f"documents[{index}].id")
         with self._lock:

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from .errors import APIError
+from .ids import ID_CONVERTOR, path_id
 from .limits import check_count, check_request_text, check_tokens
 from .metrics import CONTENT_TYPE_LATEST
 from .schemas import DocumentsRequest
@@ -37,8 +38,9 @@ async def list_models(request: Request) -> dict:
     return {"object": "list", "data": [_model(request, name) for name in get_state(request).model_names]}
 
 
-@router.get("/v1/models/{model_id:path}")
-async def get_model(model_id: str, request: Request) -> dict:
+@router.get(f"/v1/models/{{model_id:{ID_CONVERTOR}}}")
+async def get_model(request: Request) -> dict:
+    model_id = path_id(request, "model_id")
     get_state(request).check_model(model_id)
     return _model(request, model_id)
 
@@ -70,14 +72,16 @@ async def list_documents(
     return get_state(request).documents.list(limit, after)
 
 
-@router.get("/v1/documents/{doc_id:path}")
-async def get_document(doc_id: str, request: Request) -> dict:
+@router.get(f"/v1/documents/{{doc_id:{ID_CONVERTOR}}}")
+async def get_document(request: Request) -> dict:
+    doc_id = path_id(request, "doc_id")
     documents = get_state(request).documents
     documents.check_known([doc_id], "id")
     return documents.describe(doc_id, with_text=True)
 
 
-@router.delete("/v1/documents/{doc_id:path}")
-async def delete_document(doc_id: str, request: Request) -> dict:
+@router.delete(f"/v1/documents/{{doc_id:{ID_CONVERTOR}}}")
+async def delete_document(request: Request) -> dict:
+    doc_id = path_id(request, "doc_id")
     state = get_state(request)
     return await state.in_thread(state.documents.delete, doc_id)

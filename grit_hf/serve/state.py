@@ -13,6 +13,7 @@ import numpy as np
 from fastapi import Request
 
 from ..rag.gritrag import GritRAG
+from ..validation import check_non_negative_number
 from .batching import EmbeddingBatcher
 from .documents import ServerDocuments
 from .errors import APIError
@@ -35,6 +36,8 @@ class ServerSettings:
             `cache` field overrides it).
         batch_size: texts per call of the embedding batcher (at most, unless one request holds more).
         batch_wait: seconds the batcher waits for more requests after the first.
+        shutdown_timeout: seconds open requests may still take once shutdown starts (SIGTERM, Ctrl-C); then each
+            ends with a 503, streams with a final error event (`grit_hf.serve.shutdown`).
     """
 
     model_name: str
@@ -43,6 +46,10 @@ class ServerSettings:
     cache_embeddings: bool = True
     batch_size: int = 64
     batch_wait: float = 0.002
+    shutdown_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_non_negative_number(self.shutdown_timeout, "shutdown_timeout")
 
 
 class ServerState:

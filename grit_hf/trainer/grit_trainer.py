@@ -27,6 +27,7 @@ from .embedding_forward import add_embedding_forward
 from .grad_cache import representation_loss
 from .grit_config import GRITConfig
 from .losses import generative_loss_units, sample_index_from_position_ids
+from .teardown import end_training
 
 logger = get_logger(__name__)
 
@@ -349,6 +350,11 @@ class GRITTrainer(SFTTrainer):
         super().log(logs, start_time)
 
     # -- saving ------------------------------------------------------------------------------------------------------
+    def end(self) -> None:
+        """Finish the trackers and end the distributed state in order (see `teardown.end_training`): call it once,
+        at the end, after everything that needs the other processes."""
+        end_training(self)
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Save a grit-hf checkpoint (stock-layout weights, tokenizer with chat template, the files every checkpoint
         carries, written by the model's `save_pretrained`); PEFT models save their adapter."""

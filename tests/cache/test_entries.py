@@ -163,7 +163,7 @@ def test_version_1_entries_without_checksums_are_read_only_when_asked_or_after_a
     assert store.keys() == []  # not readable, so not listed
     trusting = DiskKVStore(store.directory, fingerprint=FINGERPRINT, read_unverified=True)
     assert torch.equal(trusting.get("a").layers()[1][0], tensors["layers.1.keys"]) and trusting.keys() == ["a"]
-    assert store.upgrade() == 1 and store.upgrade() == 0
+    assert store.upgrade().rewritten == ["a"] and store.upgrade().rewritten == []
     assert torch.equal(store.get("a").layers()[1][0], tensors["layers.1.keys"])  # now with checksums
     _flip_a_data_byte(store.path_for("a"))
     with pytest.raises(CacheEntryError, match="checksums"):
@@ -178,6 +178,55 @@ def test_the_cache_upgrade_command_rewrites_old_entries(store, tmp_path, capsys)
     assert torch.equal(store.get("a").layers()[1][0], tensors["layers.1.keys"])
     with pytest.raises(SystemExit, match="grit-hf cache: No such directory: .*missing"):
         cli_main(["cache", "upgrade", str(tmp_path / "missing")])
+
+
+def _damaged(tensors: dict, damage: str) -> tuple[dict, dict]:
+    """`tensors` of a sound entry with one kind of structural damage; returns (tensors, metadata changes)."""
+    tensors = dict(tensors)
+    if damage == "missing tensor":
+        del tensors["layers.1.values"]
+    elif damage == "extra tensor":
+        tensors["layers.2.keys"] = tensors["layers.1.keys"].clone()
+    elif damage == "keys and values differ":
+        tensors["layers.0.values"] = tensors["layers.0.values"][:, :, :3]
+    elif damage == "input ids too short":
+        tensors["input_ids"] = tensors["input_ids"][:2]
+    elif damage == "another dtype":
+        tensors["layers.1.keys"] = tensors["layers.1.keys"].half()
+    elif damage == "another layout":
+        tensors["layers.0.keys"] = torch.cat([tensors["layers.0.keys"]] * 2, dim=1)
+    elif damage == "not finite":
+        tensors["layers.1.values"] = tensors["layers.1.values"].clone().fill_(float("nan"))
+    changes = {"is_causal": "true"} if damage == "another attention" else {}
+    changes.update({"num_layers": "0"} if damage == "no layers" else {})
+    return tensors, changes
+
+
+DAMAGES = [
+    "missing tensor", "extra tensor", "keys and values differ", "input ids too short", "another dtype", "another layout",
+    "not finite", "another attention", "no layers",
+]  # fmt: skip
+
+
+def test_upgrade_skips_and_names_structurally_damaged_old_entries(store, capsys):
+    """Old-format entries that reads refuse are not rewritten with fresh checksums (which would vouch for them):
+    each is left as it is and named in the report; the sound one is rewritten and reads back."""
+    tensors = _tensors(_states())
+    _write(store, "good", tensors, format="grit_hf.kv/1", checksums="")
+    before = {}
+    for damage in DAMAGES:
+        broken, changes = _damaged(tensors, damage)
+        _write(store, damage, broken, format="grit_hf.kv/1", checksums="", **changes)
+        before[store.path_for(damage).name] = store.path_for(damage).read_bytes()
+    assert cli_main(["cache", "upgrade", str(store.directory)]) == 0
+    out = capsys.readouterr().out
+    assert "1 entry rewritten with checksums" in out and f"{len(DAMAGES)} damaged entries of the old format" in out
+    for name, data in before.items():
+        assert store.path_for(next(d for d in DAMAGES if store.path_for(d).name == name)).read_bytes() == data
+        assert f"  {name}: " in out
+    assert torch.equal(store.get("good").layers()[1][0], tensors["layers.1.keys"])
+    report = store.upgrade()  # nothing left to rewrite; the damaged ones are named again
+    assert report.rewritten == [] and set(report.skipped) == set(before)
 
 
 def test_rewriting_the_format_to_version_1_does_not_switch_the_checksums_off(store):

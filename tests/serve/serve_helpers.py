@@ -10,7 +10,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["API_KEY", "SMALL_LIMITS", "RunningServer", "free_port", "start_server", "slow_generation", "log_records"]
+__all__ = [
+    "API_KEY",
+    "SMALL_LIMITS",
+    "RunningServer",
+    "free_port",
+    "start_server",
+    "slow_generation",
+    "slowed",
+    "log_records",
+]
 
 API_KEY = "test-key"
 
@@ -85,17 +94,13 @@ SMALL_LIMITS = [
 ]  # fmt: skip
 
 
-def slow_generation(monkeypatch, running: RunningServer, delay: float) -> threading.Event:
-    """Make every text piece of the server's generations take `delay` more seconds (for limits, timeouts and
-    disconnects that must not depend on the machine's speed); returns an event set when a stream is closed."""
+def slowed(generate, delay: float, closed: threading.Event | None = None):
+    """`generate` (`GritRAG.generate_from_plan`, bound or not, through which the server generates) whose streams take
+    `delay` more seconds per text piece; `closed` is set when a stream is closed."""
     from grit_hf.generation.engine import GenerationStream
 
-    rag = running.state.rag
-    real = rag.generate_from_plan
-    closed = threading.Event()
-
-    def generate(*args, **kwargs):
-        stream = real(*args, **kwargs)
+    def slow(*args, **kwargs):
+        stream = generate(*args, **kwargs)
 
         def pieces():
             try:
@@ -104,11 +109,20 @@ def slow_generation(monkeypatch, running: RunningServer, delay: float) -> thread
                     yield piece
             finally:
                 stream.close()
-                closed.set()
+                if closed is not None:
+                    closed.set()
 
         return GenerationStream(pieces(), stream.result)
 
-    monkeypatch.setattr(rag, "generate_from_plan", generate)
+    return slow
+
+
+def slow_generation(monkeypatch, running: RunningServer, delay: float) -> threading.Event:
+    """Make every text piece of the server's generations take `delay` more seconds (for limits, timeouts and
+    disconnects that must not depend on the machine's speed); returns an event set when a stream is closed."""
+    rag = running.state.rag
+    closed = threading.Event()
+    monkeypatch.setattr(rag, "generate_from_plan", slowed(rag.generate_from_plan, delay, closed))
     return closed
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from process_tree import Launch, run_to_end
 
 HERE = Path(__file__).resolve().parent
 
@@ -31,19 +30,28 @@ def _env() -> dict[str, str]:
 
 
 def _run(command: list[str], log: Path, timeout: int = 240) -> None:
-    """Run `command` with its output in `log`; on a timeout, abort every process of the launch so that each prints
-    where it was stuck (`PYTHONFAULTHANDLER`), and fail with the log's end."""
-    with open(log, "w") as stream:  # a file, not a pipe: a full pipe must never block the workers
-        process = subprocess.Popen(
-            command, env=_env(), stdout=stream, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            code = process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGABRT)
-            process.wait(timeout=30)
-            code = "timeout"
-    assert code == 0, f"exit {code}:\n" + log.read_text()[-8000:]
+    """Run `command` with its output in `log`; fail with the log's end if it fails, runs past `timeout` (then every
+    process of the launch, workers included, is aborted so that each prints where it was stuck, then killed), or
+    leaves a process behind."""
+    code, left = run_to_end(Launch(command, _env()), log, timeout)
+    assert code == 0 and not left, f"exit {code}, left behind {left}:\n" + log.read_text()[-8000:]
+
+
+def test_a_launch_that_runs_past_its_timeout_leaves_no_process_behind(tmp_path):
+    """A launcher whose worker starts its own session (as torch elastic starts each worker) and both hang: on the
+    timeout, the worker is ended too, not only the launcher's process group."""
+    worker = "import time; print('worker', flush=True); time.sleep(600)"
+    launcher = (
+        "import subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, '-c', {worker!r}], start_new_session=True)\n"
+        "time.sleep(600)\n"
+    )
+    log = tmp_path / "launch.log"
+    launch = Launch([sys.executable, "-c", launcher], _env())
+    code, _ = run_to_end(launch, log, timeout=10)
+    assert code == "timeout"
+    assert "worker" in log.read_text()
+    assert launch.processes() == []
 
 
 def test_cross_device_negatives_give_the_single_process_gradient(tiny_grit, tmp_path):
@@ -72,7 +80,9 @@ FSDP_CPU = {
 
 
 def _train(tmp_path: Path, name: str, launcher: str, recipe: dict, per_device: int) -> tuple[list[dict], Path]:
-    """Run `grit_hf.train` with `launcher` ("single", "ddp" or "fsdp"); return the logged steps and the output."""
+    """Run a training with `launcher`: "single" (`python -m grit_hf.train`), "ddp" or "fsdp" (2 processes under
+    `accelerate launch`, through dist_train_worker.py, which also records what the run left of its distributed state)
+    or "grit-hf" (DDP, the `grit-hf train` command as users launch it); return the logged steps and the output."""
     output = tmp_path / name
     recipe = {
         **recipe,
@@ -81,19 +91,34 @@ def _train(tmp_path: Path, name: str, launcher: str, recipe: dict, per_device: i
         "emb_batch_size": per_device,
     }
     (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(recipe))
-    command = [sys.executable, "-m", "grit_hf.train", "--config", str(tmp_path / f"{name}.yaml")]
+    program = {
+        "single": ["-m", "grit_hf.train"],
+        "ddp": [str(HERE / "dist_train_worker.py")],
+        "fsdp": [str(HERE / "dist_train_worker.py")],
+        "grit-hf": [str(Path(sys.executable).with_name("grit-hf")), "train"],
+    }[launcher]
+    launch = [sys.executable]
     if launcher != "single":
-        launch = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(_free_port())]
+        launch += ["-m", "accelerate.commands.launch", "--main_process_port", str(_free_port())]
         if launcher == "fsdp":
             (tmp_path / "accelerate_fsdp.yaml").write_text(yaml.safe_dump(FSDP_CPU))
             launch += ["--config_file", str(tmp_path / "accelerate_fsdp.yaml")]
         else:
             launch += ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
             launch += ["--dynamo_backend", "no"]
-        command = launch + command[1:]
-    _run(command, tmp_path / f"{name}.log")
+    _run(launch + program + ["--config", str(tmp_path / f"{name}.yaml")], tmp_path / f"{name}.log")
     state = json.loads((output / f"checkpoint-{recipe['max_steps']}" / "trainer_state.json").read_text())
     return [entry for entry in state["log_history"] if "loss" in entry], output
+
+
+def _recipe(tiny_grit: Path, tiny_data: dict[str, Path], max_steps: int) -> dict:
+    return {
+        "model_name_or_path": str(tiny_grit), "embedding_dataset": str(tiny_data["embedding"]),
+        "generative_dataset": str(tiny_data["generative"]), "max_steps": max_steps, "learning_rate": 0.05,
+        "optim": "sgd", "negatives_cross_device": True, "gen_loss_aggregation": "token", "bf16": False,
+        "activation_checkpointing": False, "logging_steps": 1, "save_steps": max_steps, "report_to": "none",
+        "disable_tqdm": True, "seed": 0,
+    }  # fmt: skip
 
 
 @pytest.mark.slow
@@ -105,15 +130,13 @@ def test_two_processes_follow_the_single_process_loss_curve(launcher, tiny_grit,
     its update is linear in the gradient, so a wrong loss scale shows in the weights, and summation-order noise stays
     ~lr x 1e-7 (Adam divides by the gradient's running size: it would hide a scale error and blow noise up in
     near-zero gradients, which failed the weights at 1.2e-5 on one CI machine)."""
-    recipe = {
-        "model_name_or_path": str(tiny_grit), "embedding_dataset": str(tiny_data["embedding"]),
-        "generative_dataset": str(tiny_data["generative"]), "max_steps": 3, "learning_rate": 0.05, "optim": "sgd",
-        "negatives_cross_device": True, "gen_loss_aggregation": "token", "bf16": False, "activation_checkpointing": False,
-        "logging_steps": 1, "save_steps": 3, "report_to": "none", "disable_tqdm": True, "seed": 0,
-    }  # fmt: skip
+    recipe = _recipe(tiny_grit, tiny_data, max_steps=3)
     single, single_out = _train(tmp_path, "single", "single", recipe, per_device=4)
     multi, multi_out = _train(tmp_path, launcher, launcher, recipe, per_device=2)
     assert [entry["step"] for entry in multi] == [1, 2, 3]
+    for rank in (0, 1):  # `train` ended the distributed state itself, in order, before it returned
+        left = json.loads((multi_out / f"teardown-{rank}.json").read_text())
+        assert left == {"process_group": False, "ddp_models": 0, "gloo_threads": 0}, (rank, left)
     for ours, reference in zip(multi, single):
         for key in ("loss", "loss_rep", "loss_gen", "grad_norm"):
             assert ours[key] == pytest.approx(reference[key], rel=1e-5), (key, ours, reference)
@@ -124,3 +147,11 @@ def test_two_processes_follow_the_single_process_loss_curve(launcher, tiny_grit,
     for name, weight in GritLMForCausalLM.from_pretrained(single_out).state_dict().items():
         assert (trained[name] - weight).abs().max() <= 1e-5, name
     assert json.loads((multi_out / "config.json").read_text())["model_type"] == "gritlm"
+
+
+@pytest.mark.slow
+def test_grit_hf_train_under_accelerate_launch_exits(tiny_grit, tiny_data, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2 ... grit-hf train --config recipe.yaml`, as users run it:
+    the finished run exits, and no process of it is left behind."""
+    steps, _ = _train(tmp_path, "grit-hf", "grit-hf", _recipe(tiny_grit, tiny_data, max_steps=1), per_device=2)
+    assert [entry["step"] for entry in steps] == [1]
