@@ -56,6 +56,8 @@ __all__ = [
     "CACHED_QUERY_MODES",
     "RAGPrompts",
     "fill",
+    "placeholder",
+    "plan_chat",
     "chat_markers",
     "check_mode",
 ]
@@ -239,6 +241,34 @@ def chat_markers(tokenizer, template: str) -> tuple[str, str] | None:
     if not user or not assistant:
         return None
     return user, assistant
+
+
+_PLACEHOLDER_MARK = "\x00grit-hf item {}\x00"
+
+
+def placeholder(index: int) -> str:
+    """A mark to write into a chat message where `plan_chat` puts plan items (its `inserts[index]`)."""
+    return _PLACEHOLDER_MARK.format(index)
+
+
+def plan_chat(rag, messages: list[dict[str, str]], inserts: list[list[PlanItem]], find_documents: bool = True):
+    """The plan items of `messages` rendered with the chat template (`rag.render_chat`), where each
+    `placeholder(i)` written into a message becomes the items `inserts[i]` (e.g. documents by id, cached), and the
+    text around them is planned by `rag.plan_prompt` (indexed texts found in it; `find_documents=False`: as text).
+
+    Raises `ValueError` if the template dropped a placeholder (then it dropped the message around it)."""
+    rendered = rag.render_chat(messages)
+    pieces = []
+    for index in range(len(inserts)):
+        before, mark, rendered = rendered.partition(placeholder(index))
+        if not mark:
+            raise ValueError("The chat template dropped a message that holds inserted items: cannot place them.")
+        pieces.append(before)
+    items: list[PlanItem] = []
+    for text, insert in zip([*pieces, rendered], [*inserts, []]):
+        items += rag.plan_prompt(text).items if find_documents and text else [Text(text)] if text else []
+        items += insert
+    return items
 
 
 def check_mode(mode: str) -> None:

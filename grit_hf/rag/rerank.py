@@ -29,7 +29,7 @@ import torch
 
 from ..generation.plan import Cached, PlanItem, PromptPlan, Text, Tokens
 from ..validation import check_positive_int, check_texts
-from .prompts import fill
+from .prompts import fill, placeholder, plan_chat
 
 __all__ = ["RERANK_METHODS", "Reranker", "candidate_items", "repair_permutation", "rerank_ranked"]
 
@@ -48,7 +48,6 @@ template; `{passages}` is `[1] <passage>\\n[2] <passage>...`."""
 LIKELIHOOD_PROMPT = "\n{user}Write a search query that the passage above answers.{assistant}"
 """What follows a candidate in the likelihood method; the query is scored as the answer."""
 
-_MARK = "\x00grit-hf passage {}\x00"
 _IDENTIFIER = re.compile(r"\[(\d+)\]")
 
 
@@ -123,18 +122,13 @@ class Reranker:
             end, start = end - self.step, max(0, start - self.step)
 
     def _rank_window(self, rag, query: str, window: list[PlanItem], reuse_cache: bool) -> list[int]:
-        passages = "\n".join(f"[{number}] {_MARK.format(number)}" for number in range(1, len(window) + 1))
+        passages = "\n".join(f"[{number}] {placeholder(number - 1)}" for number in range(1, len(window) + 1))
         content = PERMUTATION_PROMPT.format(num=len(window), query=query, passages=passages)
-        rendered = rag.render_chat([{"role": "user", "content": content}])
-        items: list[PlanItem] = []
-        for number, item in enumerate(window, start=1):
-            before, mark, rendered = rendered.partition(_MARK.format(number))
-            if not mark:
-                raise ValueError("The chat template dropped the passages of the permutation prompt.")
-            items += [Text(before), item]
-        plan = PromptPlan([*items, Text(rendered)], rag.recompute)
+        items = plan_chat(rag, [{"role": "user", "content": content}], [[item] for item in window], False)
         tokens = self.max_new_tokens or 4 * len(window) + 8
-        result = rag.generate_from_plan(plan, reuse_cache=reuse_cache, max_new_tokens=tokens)
+        result = rag.generate_from_plan(
+            PromptPlan(items, rag.recompute), reuse_cache=reuse_cache, max_new_tokens=tokens
+        )
         return repair_permutation(result.text, len(window))
 
 

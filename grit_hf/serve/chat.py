@@ -27,6 +27,7 @@ from jinja2.exceptions import TemplateError
 
 from ..generation.engine import GenerationOptions, GenerationResult, GenerationStream
 from ..generation.plan import Cached, PromptPlan, Text
+from ..rag.prompts import placeholder, plan_chat
 from ..validation import check_text
 from .errors import APIError, error_body
 from .limits import check_count
@@ -76,10 +77,6 @@ def _messages(body: ChatRequest) -> list[dict[str, str]]:
     return messages
 
 
-_DOCUMENTS_MARK = "\x00grit-hf documents\x00"
-"""Where the `documents` extension's documents go in the rendered prompt (before the last user message's content)."""
-
-
 def _check_documents(state: ServerState, body: ChatRequest, messages: list[dict[str, str]]) -> int:
     """The index of the last user message, which the `documents` extension's documents go into (400/404 otherwise)."""
     ids = body.documents or []
@@ -92,18 +89,18 @@ def _check_documents(state: ServerState, body: ChatRequest, messages: list[dict[
 
 
 def _plan(rag, messages: list[dict[str, str]], doc_ids: list[str], last_user: int | None) -> PromptPlan:
-    """The conversation as a prompt plan: rendered with the chat template, the documents named by id (each
-    followed by a blank line) as cached items before the last user message's content, and any indexed text the
-    client pasted itself found by `plan_prompt`."""
+    """The conversation as a prompt plan: the documents named by id (each followed by a blank line) as cached items
+    before the last user message's content (`plan_chat`), and any indexed text the client pasted itself found by
+    `plan_prompt`."""
     if last_user is None:
         return rag.plan_prompt(rag.render_chat(messages))
     marked = [dict(message) for message in messages]
-    marked[last_user]["content"] = _DOCUMENTS_MARK + marked[last_user]["content"]
-    before, mark, after = rag.render_chat(marked).partition(_DOCUMENTS_MARK)
-    if not mark:
-        raise APIError(400, "The chat template dropped the last user message: cannot place `documents`.", "documents")
+    marked[last_user]["content"] = placeholder(0) + marked[last_user]["content"]
     documents = [item for doc_id in doc_ids for item in (Cached(doc_id), Text("\n\n"))]
-    return PromptPlan([*rag.plan_prompt(before).items, *documents, *rag.plan_prompt(after).items], rag.recompute)
+    try:
+        return PromptPlan(plan_chat(rag, marked, [documents]), rag.recompute)
+    except ValueError as error:
+        raise APIError(400, str(error), "documents") from None
 
 
 def _unsupported(body: ChatRequest) -> None:
