@@ -1,5 +1,5 @@
 """How long a server chat request spends finding its documents in a large index: the prompt plan of
-`grit_hf.serve.chat` (documents named by id, and documents a client pasted into its messages), over an index of
+`grit_hf.serve.chat_request.ChatCall` (documents named by id, and documents a client pasted into its messages), over an index of
 `--documents` documents, against the way it was done before the prompt plan (every named document pasted into the
 user message, then a `str.find` of every cacheable document's text in the rendered prompt).
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
 
     from grit_hf import GritRAG, load_model
-    from grit_hf.serve.chat import _plan
+    from grit_hf.serve.chat_request import ChatCall
 
     model = load_model(args.model, dtype="float32")
     rag = GritRAG(model, cache_attention="causal", verify_positions=False)
@@ -64,13 +64,13 @@ def main(argv: list[str] | None = None) -> None:
         messages = [{"role": "user", "content": question}]
         started = time.perf_counter()
         rag.documents.check_known(doc_ids)
-        plan = _plan(rag, messages, doc_ids, 0)
+        plan = ChatCall(messages, doc_ids, 0, {}, True)._plan(rag)
         timings["by id (plan)"].append(time.perf_counter() - started)
         assert plan.doc_ids == doc_ids
 
         pasted = [{"role": "user", "content": "\n\n".join([*(texts[d] for d in doc_ids), question])}]
         started = time.perf_counter()
-        plan = _plan(rag, pasted, [], None)
+        plan = ChatCall(pasted, [], None, {}, True)._plan(rag)
         timings["pasted texts (plan)"].append(time.perf_counter() - started)
         assert plan.doc_ids == doc_ids
 
