@@ -15,7 +15,10 @@ Endpoints:
 | `GET /v1/documents`, `GET/DELETE /v1/documents/{id}` | list, read, delete indexed documents |
 
 Ids in paths are percent-encoded UTF-8 and name exactly the id they spell; `POST /v1/documents` refuses ids a URL
-cannot carry (`grit_hf.serve.ids`). Errors use OpenAI's error JSON (`grit_hf.serve.errors`); limits are in `grit_hf.serve.limits.Limits`.
+cannot carry (`grit_hf.serve.ids`). Batching: embedding requests that arrive together are embedded in one model call (`embedding_batcher.py`); the decode
+steps of all active chats run as one forward pass (`grit_hf.generation.batched.DecodeBatch`, on by default,
+`--no-batch-decoding`). A chat request is checked and planned in `chat_request.py` and answered in `chat_answer.py`.
+Errors use OpenAI's error JSON (`grit_hf.serve.errors`); limits are in `grit_hf.serve.limits.Limits`.
 Needs the `serve` extra: `pip install "grit-hf[serve]"`.
 """
 

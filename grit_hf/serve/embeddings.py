@@ -1,4 +1,4 @@
-"""`POST /v1/embeddings`: OpenAI's embeddings, micro-batched (`grit_hf.serve.batching`).
+"""`POST /v1/embeddings`: OpenAI's embeddings, micro-batched (`grit_hf.serve.embedding_batcher`).
 
 Which embedding: GRIT embeds documents without an instruction and queries with one, but OpenAI clients send both
 through the same request shape. Inputs are therefore embedded as **documents** by default (symmetric similarity,

@@ -14,7 +14,7 @@ from fastapi import Request
 
 from ..rag.gritrag import GritRAG
 from ..validation import check_non_negative_number
-from .batching import EmbeddingBatcher
+from .embedding_batcher import EmbeddingBatcher
 from .documents import ServerDocuments
 from .errors import APIError
 from .limits import GenerationSlots, Limits
