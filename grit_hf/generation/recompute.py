@@ -22,95 +22,13 @@ written `"RULE:AMOUNT"`, e.g. `"deviation:0.15"` or `"head:8"` (checkpoints reco
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
 
-from .plan import Cached, PlanItem
+from .plan import RECOMPUTE_RULES, Cached, PlanItem, Recompute
 
 __all__ = ["RECOMPUTE_RULES", "Recompute", "choose_positions", "deviation_values", "part_batch"]
-
-RECOMPUTE_RULES = ("deviation", "head", "tail", "random")
-
-
-@dataclass(frozen=True)
-class Recompute:
-    """Which positions of each cached part to compute again (see the module docstring).
-
-    Attributes:
-        amount: a fraction of each part's positions (float in [0, 1]) or a count per part (int >= 0).
-        rule: `"deviation"`, `"head"`, `"tail"` or `"random"`.
-        seed: the seed of `"random"`.
-        layer: the layer whose values `"deviation"` compares.
-    """
-
-    amount: float | int
-    rule: str = "deviation"
-    seed: int = 0
-    layer: int = 1
-
-    def __post_init__(self) -> None:
-        if self.rule not in RECOMPUTE_RULES:
-            raise ValueError(f"Invalid recompute `rule`: {self.rule!r}. Valid rules are: {RECOMPUTE_RULES}.")
-        amount = self.amount
-        if isinstance(amount, bool) or not isinstance(amount, (int, float)):
-            raise TypeError(f"Recompute `amount` must be a float in [0, 1] or an int >= 0, got {amount!r}.")
-        if (isinstance(amount, float) and not 0 <= amount <= 1) or (isinstance(amount, int) and amount < 0):
-            raise ValueError(f"Recompute `amount` must be a float in [0, 1] or an int >= 0, got {amount!r}.")
-        if not isinstance(self.layer, int) or isinstance(self.layer, bool) or self.layer < 0:
-            raise ValueError(f"Recompute `layer` must be an int >= 0, got {self.layer!r}.")
-
-    @classmethod
-    def parse(cls, value: Recompute | str | float | int | None) -> Recompute | None:
-        """A `Recompute` from itself, `"RULE:AMOUNT"` (`"deviation:0.15"`, `"head:8"`), a bare amount (rule
-        `"deviation"`), or `None`/`0`/`"none"` (nothing recomputed: `None`)."""
-        if value is None or isinstance(value, Recompute):
-            return value if value is None or value.amount else None
-        if isinstance(value, str):
-            text = value.strip()
-            if text.lower() in ("", "none", "0"):
-                return None
-            rule, _, amount = text.rpartition(":")
-            try:
-                number = float(amount) if any(c in amount for c in ".eE") else int(amount)
-            except ValueError:
-                raise ValueError(
-                    f"Invalid recompute setting {value!r}: write RULE:AMOUNT, e.g. 'deviation:0.15' or 'head:8' "
-                    f"(rules: {RECOMPUTE_RULES})."
-                ) from None
-            value = cls(number, rule or "deviation")
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = cls(value)
-        else:
-            raise TypeError(f"`recompute` must be a Recompute, 'RULE:AMOUNT', a number or None, got {value!r}.")
-        return value if value.amount else None
-
-    def __str__(self) -> str:
-        return f"{self.rule}:{self.amount}"
-
-    def count(self, length: int) -> int:
-        """How many of a part's `length` positions are recomputed."""
-        if isinstance(self.amount, float):
-            return min(length, round(self.amount * length))
-        return min(length, self.amount)
-
-    def choose(self, length: int, batch: int, deviation: torch.Tensor | None = None) -> torch.Tensor:
-        """The positions `[batch, k]` (sorted) of a part of `length` positions to recompute; `deviation` `[batch,
-        length]` is needed by the `"deviation"` rule."""
-        k = self.count(length)
-        if self.rule == "head":
-            chosen = torch.arange(k).expand(batch, -1)
-        elif self.rule == "tail":
-            chosen = torch.arange(length - k, length).expand(batch, -1)
-        elif self.rule == "random":
-            generator = torch.Generator().manual_seed(self.seed)
-            chosen = torch.stack([torch.randperm(length, generator=generator)[:k] for _ in range(batch)])
-        else:
-            if deviation is None:
-                raise ValueError("The 'deviation' rule needs the deviation of every position.")
-            chosen = deviation.float().topk(k, dim=-1).indices.cpu()
-        return chosen.sort(dim=-1).values
 
 
 class _LayerReached(Exception):

@@ -14,8 +14,8 @@ from fastapi import Request
 
 from ..rag.gritrag import GritRAG
 from ..validation import check_non_negative_number
-from .embedding_batcher import EmbeddingBatcher
 from .documents import ServerDocuments
+from .embedding_batcher import EmbeddingBatcher
 from .errors import APIError
 from .limits import GenerationSlots, Limits
 from .metrics import Metrics
