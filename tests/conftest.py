@@ -167,7 +167,7 @@ def default_model(default_model_dir):
 @pytest.fixture
 def fp32_by_default(monkeypatch):
     """Loaders choose float32 by default, as on a CPU without native bf16 (for tests that compare against fp32
-    references at fp32 tolerances; `tests/test_dtype.py` covers the bf16 default)."""
+    references at fp32 tolerances; `tests/checkpoint/test_loading_dtype.py` covers the bf16 default)."""
     from grit_hf.checkpoint import loading
 
     monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: False)

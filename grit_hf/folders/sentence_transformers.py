@@ -194,7 +194,7 @@ def _write_module_configs(output_dir: Path, config: GritLMConfig, classes: dict[
     With sentence-transformers installed, its own module classes save their configs and give the class paths (the
     Transformer module is not built here: that would load the weights again; its `sentence_bert_config.json` is
     written by the caller). Without it (grit-hf does not need it), the same bytes are written from `_module_specs`
-    and `_ST_CLASS_PATHS` (`tests/test_sentence_transformers.py` checks that both write the same files, and that
+    and `_ST_CLASS_PATHS` (`tests/folders/test_sentence_transformers.py` checks that both write the same files, and that
     `SentenceTransformer.save` writes them too). Files are staged and moved into place, so a process loading the
     folder meanwhile never reads half a file."""
     classes = _st_classes() if classes is None else classes

@@ -195,7 +195,7 @@ def test_crash_mid_write_never_leaves_a_half_written_entry(tmp_path):
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         import torch
         import grit_hf.cache.disk as disk_module
-        from test_kv_store import FINGERPRINT, _states
+        from test_store import FINGERPRINT, _states
 
         real_save = disk_module.save_file
 

@@ -10,7 +10,7 @@ import torch
 from benchmark_scripts import load_benchmark
 from transformers import AutoModelForCausalLM
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_encode_flops_by_hand(grit_checkpoint):
@@ -176,7 +176,7 @@ def test_document_finding_runs_on_a_tiny_model(grit_checkpoint, tmp_path):
 
 def test_rerank_benchmark_runs_on_a_tiny_model(grit_checkpoint, tmp_path):
     """Both methods rerank the first stage (nDCG before and after) and are timed from states and from text."""
-    from test_evaluation import write_data
+    from evaluation.retrieval_folder import write_data
 
     rerank = load_benchmark("rerank")
     path = str(grit_checkpoint("llama"))

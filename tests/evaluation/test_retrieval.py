@@ -23,6 +23,8 @@ from grit_hf.evaluation import (
     retrieval_metrics,
 )
 
+from .retrieval_folder import DOCUMENTS, QUERIES, write_data
+
 QRELS = {"q1": {"d1": 1}, "q2": {"d2": 2, "d3": 1}, "q3": {"d9": 1}, "q4": {"d5": 0}}
 RUN = {"q1": ["d0", "d1", "d2"], "q2": ["d3", "d0", "d2"], "q3": ["d1", "d2"], "q4": ["d5"]}
 
@@ -74,31 +76,6 @@ def test_no_relevant_documents_is_an_error():
 
 
 # -- data ----------------------------------------------------------------------------------------------------------
-QUERIES = ["change group ownership", "list directory contents", "copy files and directories", "capital of France"]
-DOCUMENTS = [
-    "chgrp changes the group ownership of each file to the given group.",
-    "ls lists information about the files in a directory, sorted alphabetically.",
-    "cp copies files and directories from a source to a destination.",
-    "Paris is the capital and largest city of France.",
-    "The quick brown fox jumps over the lazy dog.",
-]
-
-
-def write_data(folder: Path, header: bool = True, task: dict | None = None) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "queries.jsonl").open("w") as out:
-        for i, text in enumerate(QUERIES):
-            out.write(json.dumps({"id": f"q{i}", "text": text}) + "\n")
-    with (folder / "corpus.jsonl").open("w") as out:
-        for i, text in enumerate(DOCUMENTS):
-            out.write(json.dumps({"id": f"d{i}", "text": text}) + "\n")
-    lines = (["query-id\tcorpus-id\tscore"] if header else []) + [f"q{i}\td{i}\t1" for i in range(len(QUERIES))]
-    (folder / "qrels.tsv").write_text("\n".join(lines) + "\n")
-    if task is not None:
-        (folder / "task.json").write_text(json.dumps(task))
-    return folder
-
-
 def test_load_retrieval_data(tmp_path):
     folder = write_data(tmp_path / "data", task={"query_instruction": "Find the manual page", "doc_instruction": None})
     with (folder / "corpus.jsonl").open("a") as out:
