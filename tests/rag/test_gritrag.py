@@ -99,11 +99,24 @@ def test_plain_rag_and_decode_loop_match_model_generate(causal_rag):
         assert answer.token_ids == _reference_generate(model, ids, 10), mode
 
 
-def test_bidirectional_caches_approximate(bidirectional_rag):
-    doc = bidirectional_rag.answer(QUERY, mode="doc", **GEN)
-    plain = bidirectional_rag.answer(QUERY, mode="rag_doc_query", **GEN)
-    assert doc.cache_read_tokens > 0 and doc.prompt_tokens == plain.prompt_tokens
-    assert bidirectional_rag.store.get(doc.doc_ids[0]).is_causal is False
+def test_bidirectional_caches_are_the_embedding_pass_states_continued(bidirectional_rag):
+    """Doc caching from bidirectional states, by hand: the document run through the stock decoder with
+    `is_causal=False` (the embedding pass), the rest of the prompt run causally on top; the composed prompt's logits
+    equal that, and differ from plain RAG's (causal) ones."""
+    model = bidirectional_rag.model
+    plan = bidirectional_rag.resolve(bidirectional_rag.build_plan(QUERY, "doc", ["paris"]))
+    document, suffix = plan.items
+    doc_ids = document.as_tokens().ids
+    with torch.inference_mode():
+        states = model.model(input_ids=torch.tensor([doc_ids]), is_causal=False, use_cache=True).cache
+        positions = torch.arange(len(doc_ids), len(doc_ids) + suffix.num_tokens)[None]
+        expected = model(input_ids=torch.tensor([suffix.ids]), position_ids=positions, cache=states).logits[0, -1]
+        plain = model(input_ids=torch.tensor([doc_ids + suffix.ids])).logits[0, -1]
+    ours = bidirectional_rag.generator.continuation_logits(plan, [])[0, -1]
+    torch.testing.assert_close(ours.float(), expected.float(), rtol=1e-4, atol=1e-4)
+    assert (ours.float() - plain.float()).abs().max() > 1e-3  # an approximation of plain RAG, not plain RAG
+    doc = bidirectional_rag.answer(QUERY, mode="doc", doc_ids=["paris"], **GEN)
+    assert doc.cache_read_tokens == len(doc_ids) and bidirectional_rag.store.get("paris").is_causal is False
 
 
 def test_search_ranks_by_cosine(bidirectional_rag):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import PARITY
 
 import grit_hf.folders.resolve
 import grit_hf.rag.registry
@@ -178,13 +179,20 @@ def test_documents_longer_than_cache_max_length_are_indexed_but_not_cached(path)
     assert in_doc_mode.cache_read_tokens == 0 and in_doc_mode.token_ids == plain_rag.token_ids
 
 
-def test_embed_queries(path):
-    shared = get_shared(path)
-    query = shared.embed(["capital"])
-    expected = shared.model.encode(["capital"], instruction=shared.model.config.default_query_instruction)
-    np.testing.assert_allclose(query, expected, atol=1e-5)
-    custom = shared.embed(["capital"], instruction="Find facts")
-    np.testing.assert_allclose(custom, shared.model.encode(["capital"], instruction="Find facts"), atol=1e-5)
+def test_embed_queries(path, stock_checkpoint):
+    """`GritRAG.embed` gives the reference package's embeddings (`gritlm`, bidirectional 'bbcc'), with the default
+    query instruction and with another, in the checkpoint's own templates."""
+    gritlm = pytest.importorskip("gritlm")
+    reference = gritlm.GritLM(str(stock_checkpoint("llama")), attn="bbcc", device="cpu")
+    shared = get_shared(path, load_kwargs={"dtype": "float32"})
+    config = shared.model.config
+    for instruction in (None, "Find facts"):
+        ours = shared.embed(["capital", "Paris is in France."], instruction=instruction).numpy()
+        prefix = config.format_query_prefix(config.default_query_instruction if instruction is None else instruction)
+        expected = reference.encode(["capital", "Paris is in France."], instruction=prefix)
+        np.testing.assert_allclose(ours, expected, atol=PARITY, rtol=0)
+    documents = shared.embed(["capital"], instruction="").numpy()
+    np.testing.assert_allclose(documents, reference.encode(["capital"], instruction=config.document_template), atol=PARITY)
 
 
 def test_aiter_in_thread():
