@@ -112,9 +112,15 @@ def _cmd_eval_rag(args: argparse.Namespace) -> int:
         recompute=args.recompute,
     )
     result.update(model=str(args.model), data=str(args.data), seconds=round(time.perf_counter() - start, 1))
+    table = format_fidelity_table(result)
     if args.output:
+        import shlex
+        import sys
+
         Path(args.output).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(format_fidelity_table(result))
+        command = "grit-hf " + shlex.join(sys.argv[1:])
+        Path(args.output).with_suffix(".md").write_text(f"{table}\n\ncommand: `{command}`\n", encoding="utf-8")
+    print(table)
     return 0
 
 
@@ -151,7 +157,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     rag.add_argument("--max-length", type=int, default=4096, help="tokens per document or query part")
     rag.add_argument("--retrieve", action="store_true", help="retrieve the documents (reports hit@k)")
     rag.add_argument("--top-k", type=int, default=1, help="documents retrieved per question with --retrieve")
-    rag.add_argument("--output", default=None, help="also write the JSON result (with every answer) to this file")
+    rag.add_argument(
+        "--output",
+        default=None,
+        help="also write the JSON result (with every answer) to this file, and the table beside",
+    )
     rag.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_model_arguments(rag)
     rag.set_defaults(func=_cmd_eval_rag)
