@@ -165,13 +165,13 @@ class ServerDocuments:
     def describe(self, doc_id: str, with_text: bool = False) -> dict[str, Any]:
         """The `document` object of an indexed document."""
         text = self.rag.get_text(doc_id)
-        source = "documents" if doc_id in self._pinned else "embeddings"
+        shared = self.rag.documents.is_shared(doc_id)  # its index says whether it has states: no request to ask
         info = {
             "id": doc_id,
             "object": "document",
-            "source": "index" if self.rag.documents.is_shared(doc_id) else source,
+            "source": "index" if shared else "documents" if doc_id in self._pinned else "embeddings",
             "characters": len(text),
-            "states_cached": doc_id in self.rag.store,
+            "states_cached": doc_id not in self.rag.documents.uncached if shared else doc_id in self.rag.store,
             "spliceable": len(text) >= MIN_CACHED_CHARS,
         }
         if with_text:

@@ -79,6 +79,7 @@ def test_two_replicas_over_one_index_answer_identically(index, tmp_path):
         urls = [local.base_url, remote]
         listed = [httpx.get(url + "/v1/documents", params={"limit": 100}).json()["data"] for url in urls]
         assert listed[0] == listed[1] and [d["source"] for d in listed[0]] == ["index"] * len(PAGES)
+        assert all(d["states_cached"] for d in listed[0])
         ids = [d["id"] for d in listed[0]]
         for number, question in enumerate(QUESTIONS):
             embeddings = [
