@@ -30,7 +30,7 @@ from transformers.utils import logging
 
 from ..cache.disk import DiskKVStore
 from ..cache.fingerprint import Fingerprint
-from ..cache.objects import entry_bytes, write_atomically
+from ..cache.objects import entry_bytes, is_url, write_atomically
 from ..cache.quantization import check_quantize
 from ..validation import check_positive_int
 from .corpus import Chunk, Corpus, read_corpus
@@ -62,7 +62,7 @@ class IndexSummary:
         rate = self.computed / self.seconds if self.seconds else 0.0
         return (
             f"{self.documents} documents ({self.computed} embedded now, {self.skipped} complete before), "
-            f"{self.tokens} tokens, {self.state_bytes / 2**20:.1f} MiB of states in {self.states}, "
+            f"{self.tokens} tokens, {self.state_bytes / 2**20:.1f} MiB of states ({self.states}), "
             f"{self.seconds:.1f} s on {self.processes} process(es) ({rate:.2f} documents/s) -> {self.directory}"
         )
 
@@ -125,12 +125,13 @@ def _embed_chunk(rag, store: DiskKVStore, corpus: Corpus, chunk: Chunk, path: Pa
     embeddings, parts = rag.embedding_pass.run(texts, "", states=True, progress=False)
     tokens, sizes, cached = [], [], []
     for doc_id, part in zip(ids, parts):
-        if isinstance(part, list):  # longer than cache_max_length: re-read as text where it is used
-            store.delete(doc_id)
-            tokens.append(len(part)), sizes.append(0), cached.append(False)
-        else:
+        cached.append(not isinstance(part, list))  # a list: longer than cache_max_length, re-read as text
+        if cached[-1]:
             store.put(doc_id, part)
-            tokens.append(part.num_tokens), sizes.append(store.size(doc_id) or 0), cached.append(True)
+        else:
+            store.delete(doc_id)
+        tokens.append(part.num_tokens if cached[-1] else len(part))
+        sizes.append((store.size(doc_id) or 0) if cached[-1] else 0)
     tensors = {
         "embeddings": embeddings.float().cpu().contiguous(),
         "tokens": torch.tensor(tokens, dtype=torch.long),
@@ -178,8 +179,8 @@ def build_index(
             or a list of texts or records (`grit_hf.rag.corpus.read_corpus`).
         output: the index directory (created; written by every process).
         model: a checkpoint name or folder (loaded on this process's device), or a loaded `GritLMForCausalLM`.
-        states: where the states go: a folder or an fsspec URL (`s3://bucket/prefix`; its bucket must exist).
-            Default: `output/states`.
+        states: where the states go: a folder (relative to the current directory) or an fsspec URL
+            (`s3://bucket/prefix`; its bucket must exist). Default: `output/states`, recorded relative to `output`.
         quantize: `"int8"` stores states in 8 bits (`grit_hf.cache.quantization`); `None` as computed.
         vector_index: FAISS index kind: `"auto"` (flat up to 100,000 documents, else IVF), `"flat"`, `"ivf"`, `"hnsw"`.
         text_field, id_field, split: how records are read (ids default to content hashes).
@@ -191,6 +192,14 @@ def build_index(
 
     Returns:
         An `IndexSummary` (on every process, once the index is complete).
+
+    Example:
+
+    ```python
+    >>> summary = build_index("../shared/data/manpages/eval", "manpages-index", id_field="id")
+    >>> summary.documents, GritRAG.from_index("manpages-index").search("change file group", top_k=1)[0][0]
+    (1000, 'eval-d00000')
+    ```
     """
     from .gritrag import GritRAG
 
@@ -207,8 +216,12 @@ def build_index(
         device = "cpu" if state.device.type == "cpu" else str(state.device)
     directory = Path(output)
     (directory / PARTS).mkdir(parents=True, exist_ok=True)
-    states = str(states) if states is not None else STATES
-    location = states if "://" in states or os.path.isabs(states) else str(directory / states)
+    if states is None:
+        states = STATES  # inside the index directory, recorded relative to it: the directory can move
+        location = str(directory / STATES)
+    else:  # a URL, or a path (relative to the current directory)
+        states = str(states) if is_url(states) else os.path.abspath(str(states).removeprefix("file://"))
+        location = states
     documents = read_corpus(corpus, text_field, id_field, split)
     model, model_name = _load(model, device, dtype)
     store = DiskKVStore(location, quantize=quantize, storage_options=storage_options)
