@@ -171,3 +171,15 @@ def fp32_by_default(monkeypatch):
     from grit_hf.checkpoint import loading
 
     monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: False)
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    """A real S3-compatible server on 127.0.0.1 (moto in server mode, authentication on; `tests/moto_server.py`)."""
+    pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    from moto_server import start_moto
+
+    server = start_moto()
+    yield server
+    server.stop()

@@ -1,4 +1,5 @@
-"""`DiskKVStore`: key/value states as one safetensors file per document (never pickle).
+"""`DiskKVStore`: key/value states as one safetensors file per document (never pickle), in a local or shared (NFS)
+folder, or as one object per document under any fsspec URL (`s3://bucket/prefix`, ...: `grit_hf.cache.objects`).
 
 Disk entries are written to a temporary file and moved into place with `os.replace`, so a crash never leaves a
 half-written entry under a document's name. Every entry carries a CRC-32 of each tensor; a read checks the metadata,
@@ -11,6 +12,11 @@ Formats: `grit_hf.kv/2` holds dense states (as computed); `grit_hf.kv/3` holds i
 `storage: "int8"`. Every store reads both, whatever it writes. `grit_hf.kv/1` (dense, without checksums) is read
 only when asked for (`read_unverified=True`), or after `upgrade()` (`grit-hf cache upgrade DIR`) has rewritten its
 sound entries with checksums (it skips, and names, those a read refuses): otherwise rewriting an entry's format to version 1 would switch its checksums off.
+
+Object stores: each entry is written with a single PUT of the same bytes a local file holds (`entry_bytes`, header
+keys sorted), and read with one GET; checksums, fingerprints and structure are checked as for local files, on every
+read (a downloaded entry has no file identity to remember). A missing bucket or refused credentials fail when the
+store is opened, naming the URL.
 
 Threat model: the checksums catch damage (a torn write, flipped bits on disk), not an attacker. Whoever can write the
 directory can write a consistent entry with its own states (and checksums), which the model then attends to: keep the
@@ -25,17 +31,19 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from transformers.utils import logging
 
 from .entries import CacheEntryError, check_states, checksum
 from .fingerprint import Fingerprint, FingerprintMismatchError
+from .objects import BytesEntry, entry_bytes, is_url, open_location, read_object, save_file, write_object
 from .quantization import Quantization, QuantizedKVStates, QuantizedTensor, parse_dtype
 from .states import KVStates, cache_from_layers
 from .store import KVStore, MemoryKVStore, check_doc_id, valid_doc_id
@@ -75,10 +83,12 @@ class DiskKVStore(KVStore):
     metadata (format version, document id, attention mode, fingerprint with the storage format, checksums of every
     tensor). Writes go to a temporary
     file in the same folder, are fsynced, and replace the entry atomically; a failed write (e.g. a full disk) raises
-    `OSError` and leaves the old entry. Reads memory-map the file (`safe_open`).
+    `OSError` and leaves the old entry. Reads memory-map the file (`safe_open`). Under a URL, each entry is one
+    object, put in a single request and read in one (see the module docstring).
 
     Args:
-        directory: the folder (created if missing; not `""`).
+        directory: the folder (created if missing; not `""`), or an fsspec URL such as `"s3://bucket/prefix"` (its
+            bucket must exist).
         memory_bytes: byte budget of an in-memory LRU in front of the disk (0: none).
         fingerprint: the setup entries belong to (GritRAG binds it).
         device: device the loaded states are put on (`"cpu"` keeps them memory-mapped).
@@ -87,6 +97,8 @@ class DiskKVStore(KVStore):
             `grit_hf.cache.quantization`); `None` writes states as computed. Both formats are read either way.
         read_unverified: also read entries of the old format `grit_hf.kv/1`, which has no checksums (prefer
             `upgrade()` once, on a directory you trust).
+        storage_options: options of the URL's fsspec filesystem (e.g. `{"endpoint_url": ..., "key": ...}` for S3);
+            by default fsspec reads them from the environment.
     """
 
     def __init__(
@@ -98,14 +110,22 @@ class DiskKVStore(KVStore):
         verify: bool = True,
         quantize: Quantization | None = None,
         read_unverified: bool = False,
+        storage_options: dict[str, Any] | None = None,
     ):
         super().__init__(fingerprint, quantize)
         if not isinstance(directory, (str, os.PathLike)):
-            raise TypeError(f"`directory` must be a path, got {type(directory).__name__}.")
+            raise TypeError(f"`directory` must be a path or URL, got {type(directory).__name__}.")
         if not str(directory).strip():
             raise ValueError("`directory` must name a folder for the store, got an empty path.")
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self._fs = None  # the fsspec filesystem of a URL; None: a local folder
+        if is_url(directory):
+            self.url = str(directory).rstrip("/")
+            self._fs, root = open_location(self.url, storage_options)
+            self.directory = PurePosixPath(root)
+        else:
+            self.directory = Path(str(directory).removeprefix("file://"))
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.url = str(self.directory)
         self.device = torch.device(device)
         self.verify = verify
         self.read_unverified = read_unverified
@@ -117,7 +137,7 @@ class DiskKVStore(KVStore):
         if self._memory is not None:
             self._memory.bind(fingerprint)
 
-    def path_for(self, doc_id: str) -> Path:
+    def path_for(self, doc_id: str) -> Path | PurePosixPath:
         """The file of `doc_id` (whether or not it exists)."""
         check_doc_id(doc_id)
         return self.directory / f"{hashlib.sha256(doc_id.encode()).hexdigest()[:40]}.safetensors"
@@ -152,9 +172,21 @@ class DiskKVStore(KVStore):
         if self._memory is not None:
             self._memory.put(doc_id, states)
 
+    def size(self, doc_id: str) -> int | None:
+        """The size in bytes of the entry of `doc_id` (its file or object), or `None` if there is none."""
+        path = self.path_for(doc_id)
+        try:
+            return int(self._fs.size(str(path))) if self._fs is not None else os.path.getsize(path)
+        except FileNotFoundError:
+            return None
+
     def _write(self, doc_id: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-        """Write an entry's file: to a temporary file, fsynced, then moved over the entry atomically."""
+        """Write an entry (one PUT under a URL; locally to a temporary file, fsynced, then moved over the entry
+        atomically)."""
         target = self.path_for(doc_id)
+        if self._fs is not None:
+            write_object(self._fs, str(target), entry_bytes(tensors, metadata), self.url)
+            return
         handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=self.directory)
         os.close(handle)
         try:
@@ -170,6 +202,16 @@ class DiskKVStore(KVStore):
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
+
+    def _open(self, path: Path | PurePosixPath, header_only: bool = False) -> tuple[Callable, Any] | None:
+        """`(a function opening the entry: a context manager giving its safetensors handle, the file's identity for
+        the checksum cache)`, or `None` if there is no entry. Under a URL, the object is downloaded (one GET; with `header_only`, only its
+        header) and has no identity: its checksums are checked on every read."""
+        if self._fs is None:
+            info = self._regular_file(path)
+            return None if info is None else (partial(safe_open, str(path), "pt", device=str(self.device)), info)
+        data = read_object(self._fs, str(path), self.url, header_only)
+        return None if data is None else (partial(BytesEntry, data, self.device), None)
 
     # -- reading -----------------------------------------------------------------------------------------------------
     @staticmethod
@@ -207,12 +249,13 @@ class DiskKVStore(KVStore):
             if cached is not None:
                 return cached
         path = self.path_for(doc_id)
-        info = self._regular_file(path)
-        if info is None:
+        opened = self._open(path)  # OSError (e.g. refused credentials) is not a damaged entry: it is raised
+        if opened is None:
             return None
+        entry, info = opened
         where = f"The cache entry {path.name} of {doc_id!r}"
         try:
-            with safe_open(str(path), framework="pt", device=str(self.device)) as handle:
+            with entry() as handle:
                 metadata = self._metadata(path, handle)
                 if metadata["doc_id"] != doc_id:
                     raise CacheEntryError(f"{where} names another document, {metadata['doc_id']!r}.")
@@ -266,9 +309,9 @@ class DiskKVStore(KVStore):
             self._memory.put(doc_id, states)
         return states
 
-    def _verify_checksums(self, path: Path, info: os.stat_result, where: str, metadata: dict, tensors: dict) -> None:
-        identity = (info.st_ino, info.st_mtime_ns, info.st_size)
-        if self._verified.get(path) == identity:
+    def _verify_checksums(self, path: Path, info: os.stat_result | None, where: str, metadata: dict, tensors: dict):
+        identity = None if info is None else (info.st_ino, info.st_mtime_ns, info.st_size)
+        if identity is not None and self._verified.get(path) == identity:
             return
         try:
             expected = json.loads(metadata["checksums"])
@@ -288,6 +331,10 @@ class DiskKVStore(KVStore):
                 self._memory.delete(doc_id)
             path = self.path_for(doc_id)
             self._verified.pop(path, None)
+            if self._fs is not None:  # deleting a missing object succeeds in S3: ask first
+                existed = doc_id in self
+                self._fs.rm_file(str(path)) if existed else None
+                return existed
             try:
                 path.unlink()
                 return True
@@ -297,13 +344,19 @@ class DiskKVStore(KVStore):
     def _entries(self) -> Iterator[tuple[Path, dict[str, str]]]:
         """`(path, metadata)` of every entry whose metadata is readable and names the document its file is named
         after; a damaged, foreign or misplaced file is skipped with a warning."""
-        for path in sorted(self.directory.glob("*.safetensors")):
+        if self._fs is not None:
+            self._fs.invalidate_cache(str(self.directory))  # see entries other processes wrote meanwhile
+            paths = [PurePosixPath(name) for name in sorted(self._fs.glob(f"{self.directory}/*.safetensors"))]
+        else:
+            paths = sorted(self.directory.glob("*.safetensors"))
+        for path in paths:
             if path.name.startswith(".tmp-"):
                 continue
             try:
-                if self._regular_file(path) is None:
+                opened = self._open(path, header_only=True)
+                if opened is None:
                     continue
-                with safe_open(str(path), framework="pt") as handle:
+                with opened[0]() as handle:
                     metadata = self._metadata(path, handle)
                 if not valid_doc_id(metadata["doc_id"]) or self.path_for(metadata["doc_id"]) != path:
                     raise CacheEntryError(
@@ -321,7 +374,9 @@ class DiskKVStore(KVStore):
         """Rewrite every entry of the old format `grit_hf.kv/1` (no checksums) in the current one, with checksums of
         its tensors as they are now. An entry that a read would refuse (missing or extra tensors, shapes, dtype or
         attention other than its own fingerprint records, non-finite values) is left as it is and named in the report:
-        checksums must never vouch for a damaged entry. Run it once on a directory you trust."""
+        checksums must never vouch for a damaged entry. Run it once on a directory you trust (local folders only)."""
+        if self._fs is not None:
+            raise ValueError(f"`upgrade` rewrites local folders only; {self.url} is a URL.")
         reader = DiskKVStore(self.directory, device="cpu", verify=False, read_unverified=True)
         rewritten, skipped = [], {}
         for path, metadata in list(reader._entries()):
@@ -358,14 +413,21 @@ class DiskKVStore(KVStore):
     def __contains__(self, doc_id: object) -> bool:
         if not valid_doc_id(doc_id):
             return False
+        if self._fs is not None:
+            path = str(self.path_for(doc_id))
+            self._fs.invalidate_cache(path)
+            return self._fs.exists(path)
         try:
             return self._regular_file(self.path_for(doc_id)) is not None
         except CacheEntryError:
             return False
 
     def cleanup(self) -> int:
-        """Remove temporary files left by writes that crashed; return how many were removed."""
+        """Remove temporary files left by writes that crashed; return how many were removed (none under a URL: an
+        object is put in one request)."""
         removed = 0
+        if self._fs is not None:
+            return removed
         for path in self.directory.glob(".tmp-*.safetensors"):
             path.unlink(missing_ok=True)
             removed += 1

@@ -8,6 +8,7 @@
 | `train` | `grit_hf.cli.train` (a TRL-style script; `accelerate launch -m grit_hf.train` launches it) |
 | `serve` | `grit_hf.cli.serve` (the OpenAI-compatible server of `grit_hf.serve`) |
 | `cache upgrade` | `grit_hf.cli.cache_commands` (disk key/value stores) |
+| `index` | `grit_hf.cli.index_command` (an index directory for `serve --index`; data-parallel under accelerate) |
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import argparse
 import sys
 import time
 
-from . import cache_commands, evaluate, model_commands, serve, train
+from . import cache_commands, evaluate, index_command, model_commands, serve, train
 
 __all__ = ["main", "make_parser"]
 
@@ -29,6 +30,7 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_parser(subparsers)
     serve.add_parser(subparsers)
     cache_commands.add_parsers(subparsers)
+    index_command.add_parser(subparsers)
     return parser
 
 

@@ -2,6 +2,7 @@
 
     grit-hf serve --model default                      # 127.0.0.1:8000, no key
     GRIT_HF_API_KEY=secret grit-hf serve --model ./ckpt --host 0.0.0.0 --port 9000 --cache-dir /var/cache/grit
+    grit-hf serve --index ./manpages-index --port 8001   # one replica of a shared index (grit-hf index)
 
 Heavy imports (torch, FastAPI, uvicorn) happen inside the command, so `grit-hf --help` stays fast.
 """
@@ -31,6 +32,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "from one GRIT model (FastAPI + uvicorn; needs the 'serve' extra).",
     )
     add_model_arguments(parser)
+    parser.add_argument(
+        "--index",
+        default=None,
+        help="serve an index built by `grit-hf index` (read-only, shared with other replicas; documents added here "
+        "stay in this replica's store); the model is the one its manifest names unless --model names another",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument(
@@ -41,8 +48,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--served-model-name", default=None, help="the model id clients send (default: its name)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     store = parser.add_argument_group("key/value store")
-    store.add_argument("--cache-bytes", type=int, default=2**30, help="byte budget of the in-memory store (LRU)")
-    store.add_argument("--cache-dir", default=None, help="keep states on disk here (the memory store fronts it)")
+    store.add_argument(
+        "--cache-bytes",
+        type=int,
+        default=2**30,
+        help="byte budget of the in-memory store (LRU; with --index also of the shared states read, each)",
+    )
+    store.add_argument(
+        "--cache-dir",
+        default=None,
+        help="keep states on disk here (the memory store fronts it; with --index: the states of documents added here)",
+    )
     store.add_argument("--cache-attention", choices=["causal", "bidirectional"], default=None)
     store.add_argument(
         "--recompute",
@@ -132,9 +148,12 @@ def build_app(args: argparse.Namespace, model=None):
     rag_kwargs.update(recompute=args.recompute)
     batch_decoding = args.batch_decoding and args.decode_cache != "static"
     rag_kwargs.update(decode_cache=args.decode_cache, compile=args.compile or None, batch_decoding=batch_decoding)
-    source = model if model is not None else args.model
-    load_kwargs = None if model is not None else dict(device=args.device, dtype=args.dtype, revision=args.revision)
-    rag = get_shared(source, load_kwargs=load_kwargs, rag_kwargs=rag_kwargs)
+    if args.index:
+        rag = _open_index(args, model, rag_kwargs)
+    else:
+        source = model if model is not None else args.model
+        load_kwargs = None if model is not None else dict(device=args.device, dtype=args.dtype, revision=args.revision)
+        rag = get_shared(source, load_kwargs=load_kwargs, rag_kwargs=rag_kwargs)
     limits = _fit_input_tokens(limits, rag.model)
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
     aliases = [name for name in (args.model if model is None else None, model_display_name(rag.model)) if name]
@@ -148,6 +167,24 @@ def build_app(args: argparse.Namespace, model=None):
         shutdown_timeout=args.shutdown_timeout,
     )
     return create_app(rag, settings, limits)
+
+
+def _open_index(args: argparse.Namespace, model, rag_kwargs: dict):
+    """`GritRAG.from_index(--index)`: the manifest's model unless `--model` (or `model`) names another, in the index's
+    dtype unless `--dtype` says otherwise; this replica's store (`--cache-bytes`, `--cache-dir`) holds what it adds."""
+    from ..checkpoint.loading import load_model
+    from ..rag.gritrag import GritRAG
+    from ..rag.manifest import IndexManifest
+
+    if args.model == "default":  # the flag's default: the model the manifest names (a name clients may use)
+        args.model = IndexManifest.load(args.index).model
+    if model is None and args.dtype != "auto":
+        model = load_model(args.model, args.device, args.dtype, args.revision)
+    model = model if model is not None else args.model
+    store = rag_kwargs.pop("store")
+    return GritRAG.from_index(
+        args.index, model, store, device=args.device, memory_bytes=args.cache_bytes, **rag_kwargs
+    )
 
 
 def _fit_input_tokens(limits, model):

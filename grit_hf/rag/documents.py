@@ -1,9 +1,11 @@
 """`DocumentTable`: what `GritRAG` knows about its indexed documents (ids in order, texts, embeddings, which ones are
 too long to cache) and the exact-search ranking over them. Their key/value states live in the `KVStore` beside it.
 
-Why not a vector store from the ecosystem: the index must answer, for a prompt, which indexed texts it contains and
-whether their states may stand for them; embeddings are few and exact search is one matrix product. Integrations keep
-their own vector stores (LangChain, LlamaIndex) and use this table only to find cached documents.
+The ranking goes through a `VectorIndex` (`grit_hf.rag.vectors`): FAISS's exact flat index when FAISS is installed
+(the `index` extra), else the same matrix product in torch; it is rebuilt after a change, at the next search. The
+table itself answers, for a prompt, which indexed texts it contains and whether their states may stand for them.
+Integrations keep their own vector stores (LangChain, LlamaIndex) and use this table only to find cached documents.
+An index built by `grit-hf index` is opened as a read-only table under a local one (`grit_hf.rag.layers`).
 
 Finding documents in a free-text prompt (`find_in`) costs one dictionary lookup per character of the prompt, whatever
 the number of documents: each spliceable document is indexed by its first `MIN_CACHED_CHARS` characters, and only
@@ -19,6 +21,7 @@ import torch
 
 from ..generation.plan import Cached, PlanItem, Text
 from ..validation import check_str_list
+from .vectors import VectorIndex
 
 __all__ = ["DocumentTable", "document_id", "MIN_CACHED_CHARS"]
 
@@ -39,12 +42,16 @@ class DocumentTable:
 
     Not thread-safe on its own: `GritRAG` changes it under the model's lock."""
 
+    vector_backend = "auto"
+    """How `rank` searches: `"auto"` (FAISS's exact flat index if installed, else torch), `"faiss"` or `"torch"`."""
+
     def __init__(self, dim: int):
         self.ids: list[str] = []
         self.texts: dict[str, str] = {}
         self.uncached: set[str] = set()
         self.embeddings = torch.empty(0, dim)
         self._starts: dict[str, list[str]] = {}  # first MIN_CACHED_CHARS characters -> spliceable documents
+        self._vectors: VectorIndex | None = None  # built from `embeddings` at the first search after a change
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -68,11 +75,11 @@ class DocumentTable:
         self.texts.update(new)
         self.uncached = (self.uncached - set(new)) | {doc_id for doc_id, cut in zip(new, uncached) if cut}
         for doc_id, text in new.items():
-            if len(text) >= MIN_CACHED_CHARS and doc_id not in self.uncached:
-                self._starts.setdefault(text[:MIN_CACHED_CHARS], []).append(doc_id)
+            self._index_start(doc_id, text)
         keep = [row for row, doc_id in enumerate(self.ids) if doc_id not in new]
         self.ids = [self.ids[row] for row in keep] + list(new)
         self.embeddings = torch.cat([self.embeddings[keep], embeddings.float().cpu()])
+        self._vectors = None
 
     def remove(self, ids: list[str]) -> list[str]:
         """Forget documents; returns those that were indexed, in the order given (unknown ids are ignored)."""
@@ -81,11 +88,17 @@ class DocumentTable:
         keep = [row for row, doc_id in enumerate(self.ids) if doc_id not in gone]
         self.ids = [self.ids[row] for row in keep]
         self.embeddings = self.embeddings[keep]
+        self._vectors = None
         for doc_id in removed:
             self._unindex_start(doc_id)
             del self.texts[doc_id]
             self.uncached.discard(doc_id)
         return removed
+
+    def _index_start(self, doc_id: str, text: str) -> None:
+        """Make `doc_id` findable in prompts (`find_in`) if it is spliceable."""
+        if len(text) >= MIN_CACHED_CHARS and doc_id not in self.uncached:
+            self._starts.setdefault(text[:MIN_CACHED_CHARS], []).append(doc_id)
 
     def _unindex_start(self, doc_id: str) -> None:
         text = self.texts.get(doc_id)
@@ -116,9 +129,13 @@ class DocumentTable:
         """The `top_k` documents by cosine similarity (embeddings are normalised), best first."""
         if not self.ids:
             return []
-        scores = self.embeddings @ query_embedding.float().cpu().reshape(-1)
-        values, order = scores.topk(min(top_k, len(self.ids)))
-        return [(self.ids[i], float(v)) for i, v in zip(order.tolist(), values.tolist())]
+        if self._vectors is None:
+            self._vectors = VectorIndex.build(self.embeddings, "flat", backend=self.vector_backend)
+        return [(self.ids[row], score) for row, score in self._vectors.search(query_embedding, top_k)]
+
+    def is_shared(self, doc_id: str) -> bool:
+        """Whether `doc_id` belongs to a shared, read-only index (never here; see `grit_hf.rag.layers`)."""
+        return False
 
     def id_of(self, text: str) -> str | None:
         """The id of an indexed, spliceable document whose text is `text` (the first indexed), or `None`."""

@@ -39,6 +39,7 @@ from ..validation import check_positive_int, check_text, check_texts
 from .documents import DocumentTable
 from .embedding_pass import EmbeddingPass
 from .index import DocumentIndex
+from .opening import open_index
 from .prompts import CACHED_QUERY_MODES, PLAIN_MODES, QUERY_PART_MODES, RAGMode, RAGPrompts, check_mode
 from .rerank import Reranker, candidate_items, rerank_ranked
 
@@ -138,6 +139,8 @@ class GritRAG:
             self.embedding_pass, store if store is not None else MemoryKVStore(), self.fingerprint
         )
 
+    from_index = classmethod(open_index)  # GritRAG.from_index(DIR): an index built by `grit-hf index`, read-only
+
     @property
     def lock(self):
         """The model's re-entrant forward lock (`model.forward_lock`); hold it for direct model use."""
@@ -151,7 +154,7 @@ class GritRAG:
         if instruction is not None:
             check_text(instruction, "instruction")
         if not texts:
-            return torch.empty(0, self.documents.embeddings.shape[1])
+            return torch.empty(0, self.model.config.text_config.hidden_size)
         instruction = self.query_instruction if instruction is None else instruction
         return self.embedding_pass.run(texts, instruction, states=False)[0].float().cpu()
 
@@ -159,9 +162,8 @@ class GritRAG:
     def add_documents(
         self, texts: str | Sequence[str], ids: Sequence[str] | None = None, show_progress_bar: bool | None = None
     ) -> list[str]:
-        """Embed documents and store their states (one encode pass gives both when the attentions agree).
-
-        Idempotent: a document already indexed under the same id with the same text is not recomputed; an id with a
+        """Embed documents and store their states (one encode pass gives both when the attentions agree); returns the
+        ids, in order. Idempotent: a document already indexed under the same id with the same text is not recomputed; an id with a
         new text is replaced. The batch is atomic: if storing any state fails (e.g. a full disk, raised as
         `OSError`), the index and the store are left as they were.
 
@@ -169,18 +171,12 @@ class GritRAG:
             texts: the documents.
             ids: their ids (default: `document_id(text)`, so the same text is indexed once).
             show_progress_bar: show tqdm bars; `None` shows them when the logger is at INFO or DEBUG.
-
-        Returns:
-            The ids, in order.
         """
         return self.index.add(texts, ids, show_progress_bar)
 
     def remove_documents(self, ids: Sequence[str]) -> list[str]:
-        """Forget indexed documents: their texts, embeddings and stored states. Unknown ids are ignored.
-
-        Returns:
-            The ids that were indexed (and are now removed), in the order given.
-        """
+        """Forget indexed documents (texts, embeddings, stored states); returns those that were indexed, in the order
+        given. Unknown ids are ignored; the documents of an opened index (`from_index`) are read-only."""
         return self.index.remove(ids)
 
     @property

@@ -5,6 +5,10 @@ oldest first when the index is full) and which from `/v1/documents` (kept until 
 One entry per text: a text indexed through `/v1/documents` under an id of the client's choice is not indexed again by
 `/v1/embeddings` (its stored embedding is returned), and replaces an automatic entry of the same text.
 
+Over an index built by `grit-hf index` (`grit-hf serve --index DIR`), its documents are shared by every replica and
+read-only: they are listed and used like any other (`source: "index"`), but never evicted, replaced or deleted here
+(409), and `--max-documents` counts only the documents this replica added.
+
 Index changes (adding, evicting, deleting) are serialised by one lock; the model's forward passes inside them take the
 model's lock one at a time, so chats keep decoding meanwhile. Removing a document takes the model's lock, which a chat
 also holds while it finds documents in its prompt and composes it, so a chat never sees half a removal.
@@ -47,7 +51,20 @@ class ServerDocuments:
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self.rag.doc_ids)
+        return len(self.rag.documents)
+
+    def _local_count(self) -> int:
+        """Documents this server added (an opened index's shared documents are not counted)."""
+        return len(getattr(self.rag.documents, "overlay", self.rag.documents))
+
+    def _refuse_shared(self, doc_id: str, param: str, action: str) -> None:
+        raise APIError(
+            409,
+            f"The document {doc_id!r} belongs to the shared index this server was started with (--index), which is "
+            f"read-only: it cannot be {action} here. Rebuild the index to change it, or use another id.",
+            param,
+            "document_read_only",
+        )
 
     # -- adding ------------------------------------------------------------------------------------------------------
     def embed_and_cache(self, texts: list[str]) -> np.ndarray:
@@ -60,7 +77,7 @@ class ServerDocuments:
                 self._index(new, None)
             vectors = self.rag.get_embeddings(ids).numpy()
             for doc_id in ids:
-                if doc_id not in self._pinned:
+                if doc_id not in self._pinned and not self.rag.documents.is_shared(doc_id):
                     self._automatic[doc_id] = None
                     self._automatic.move_to_end(doc_id)
             self._evict()
@@ -74,8 +91,10 @@ class ServerDocuments:
             check_id(doc_id, f"documents[{index}].id")
             if seen.setdefault(doc_id, text) != text:
                 raise APIError(400, f"The id {doc_id!r} is given to two different texts.", f"documents[{index}].id")
+            if self.rag.documents.is_shared(doc_id) and self.rag.get_text(doc_id) != text:
+                self._refuse_shared(doc_id, f"documents[{index}].id", "replaced")
         with self._lock:
-            count = len(set(self._pinned) | set(ids))
+            count = len(set(self._pinned) | {doc_id for doc_id in ids if not self.rag.documents.is_shared(doc_id)})
             if count > self.max_documents:
                 raise APIError(
                     400,
@@ -86,6 +105,8 @@ class ServerDocuments:
                 )
             self._index(texts, ids)
             for doc_id, text in zip(ids, texts):
+                if self.rag.documents.is_shared(doc_id):  # already there, for every replica
+                    continue
                 self._unpin(doc_id)
                 key = self._pinned[doc_id] = document_id(text)
                 self._pinned_texts[key] = doc_id
@@ -117,7 +138,7 @@ class ServerDocuments:
             del self._pinned_texts[key]
 
     def _evict(self) -> None:
-        excess = len(self.rag.doc_ids) - self.max_documents
+        excess = self._local_count() - self.max_documents
         if excess > 0:
             victims = list(self._automatic)[:excess]
             self.rag.remove_documents(victims)
@@ -144,12 +165,13 @@ class ServerDocuments:
     def describe(self, doc_id: str, with_text: bool = False) -> dict[str, Any]:
         """The `document` object of an indexed document."""
         text = self.rag.get_text(doc_id)
+        shared = self.rag.documents.is_shared(doc_id)  # its index says whether it has states: no request to ask
         info = {
             "id": doc_id,
             "object": "document",
-            "source": "documents" if doc_id in self._pinned else "embeddings",
+            "source": "index" if shared else "documents" if doc_id in self._pinned else "embeddings",
             "characters": len(text),
-            "states_cached": doc_id in self.rag.store,
+            "states_cached": doc_id not in self.rag.documents.uncached if shared else doc_id in self.rag.store,
             "spliceable": len(text) >= MIN_CACHED_CHARS,
         }
         if with_text:
@@ -181,6 +203,8 @@ class ServerDocuments:
 
     def delete(self, doc_id: str) -> dict[str, Any]:
         """Forget a document (text, embedding, states); 404 if it is not indexed."""
+        if self.rag.documents.is_shared(doc_id):
+            self._refuse_shared(doc_id, "id", "deleted")
         with self._lock:
             if doc_id not in self.rag.documents.texts or not self.rag.remove_documents([doc_id]):
                 raise APIError(404, f"No document has the id {doc_id!r}.", "id", "document_not_found")
