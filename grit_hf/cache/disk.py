@@ -10,7 +10,7 @@ read, so a FIFO or device under an entry's name cannot block a read; listing ski
 Formats: `grit_hf.kv/2` holds dense states (as computed); `grit_hf.kv/3` holds int8 states (`quantize="int8"`,
 `grit_hf.cache.quantization`: int8 data, scales, offsets and the dense outlier rows with their positions) and the metadata
 `storage: "int8"`. Every store reads both, whatever it writes. `grit_hf.kv/1` (dense, without checksums) is read
-only when asked for (`read_unverified=True`), or after `upgrade()` (`grit-hf cache upgrade DIR`) has rewritten its
+only when asked for (`read_unverified=True`), or after `grit_hf.cache.upgrade` (`grit-hf cache upgrade DIR`) has rewritten its
 sound entries with checksums (it skips, and names, those a read refuses): otherwise rewriting an entry's format to version 1 would switch its checksums off.
 
 Object stores: each entry is written with a single PUT of the same bytes a local file holds (`entry_bytes`, header
@@ -32,7 +32,6 @@ import os
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -50,7 +49,7 @@ from .store import KVStore, MemoryKVStore, check_doc_id, valid_doc_id
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["DiskKVStore", "UpgradeReport", "FORMAT_VERSION", "INT8_FORMAT_VERSION"]
+__all__ = ["DiskKVStore", "FORMAT_VERSION", "INT8_FORMAT_VERSION", "UNVERIFIED_FORMAT"]
 
 FORMAT_VERSION = "grit_hf.kv/2"  # dense states
 INT8_FORMAT_VERSION = "grit_hf.kv/3"  # int8 states with their scales, offsets and dense rows
@@ -60,19 +59,6 @@ READABLE_FORMATS = (UNVERIFIED_FORMAT, FORMAT_VERSION, INT8_FORMAT_VERSION)
 # `layers.{i}.keys_dense`, `layers.{i}.keys` (the int8 data), `layers.{i}.keys_scale`, `layers.{i}.keys_offset`,
 # `layers.{i}.keys_positions` (of the dense rows)
 _INT8_PARTS = ("_dense", "", "_scale", "_offset", "_positions")
-
-
-@dataclass(frozen=True)
-class UpgradeReport:
-    """What `DiskKVStore.upgrade` did.
-
-    Attributes:
-        rewritten: ids of the entries rewritten in the current format, with checksums.
-        skipped: old-format entries left as they were because a read refuses them (file name -> why).
-    """
-
-    rewritten: list[str]
-    skipped: dict[str, str]
 
 
 class DiskKVStore(KVStore):
@@ -369,46 +355,6 @@ class DiskKVStore(KVStore):
     def keys(self) -> list[str]:
         """The ids of the readable entries; a damaged, foreign or misplaced file is skipped with a warning."""
         return [metadata["doc_id"] for _, metadata in self._entries()]
-
-    def upgrade(self) -> UpgradeReport:
-        """Rewrite every entry of the old format `grit_hf.kv/1` (no checksums) in the current one, with checksums of
-        its tensors as they are now. An entry that a read would refuse (missing or extra tensors, shapes, dtype or
-        attention other than its own fingerprint records, non-finite values) is left as it is and named in the report:
-        checksums must never vouch for a damaged entry. Run it once on a directory you trust (local folders only)."""
-        if self._fs is not None:
-            raise ValueError(f"`upgrade` rewrites local folders only; {self.url} is a URL.")
-        reader = DiskKVStore(self.directory, device="cpu", verify=False, read_unverified=True)
-        rewritten, skipped = [], {}
-        for path, metadata in list(reader._entries()):
-            if metadata["format"] != UNVERIFIED_FORMAT:
-                continue
-            try:
-                tensors = self._structurally_sound(path, metadata)
-            except Exception as error:  # what a read refuses; one bad file must not stop the others
-                skipped[path.name] = str(error)
-                logger.warning(f"Not upgrading {path.name} in the KV store {self.directory}: {error}")
-                continue
-            metadata = {**metadata, "format": FORMAT_VERSION}
-            metadata["checksums"] = json.dumps({n: checksum(t) for n, t in tensors.items()}, sort_keys=True)
-            self._write(metadata["doc_id"], tensors, metadata)
-            rewritten.append(metadata["doc_id"])
-        return UpgradeReport(rewritten, skipped)
-
-    def _structurally_sound(self, path: Path, metadata: dict[str, str]) -> dict[str, torch.Tensor]:
-        """The tensors of an old-format entry, after the checks of a read by a store of the entry's own fingerprint
-        (`CacheEntryError` if it would refuse it, or if the file holds tensors that a read would not take)."""
-        doc_id = metadata["doc_id"]
-        fingerprint = Fingerprint.from_json(metadata["fingerprint"])
-        DiskKVStore(self.directory, fingerprint=fingerprint, verify=False, read_unverified=True).get(doc_id)
-        with safe_open(str(path), framework="pt") as handle:
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-        layers = int(metadata["num_layers"])
-        expected = {"input_ids"} | {f"layers.{i}.{kind}" for i in range(layers) for kind in ("keys", "values")}
-        if set(tensors) != expected:
-            raise CacheEntryError(
-                f"{path.name} holds other tensors than its {layers} layers: {sorted(set(tensors) ^ expected)[:3]}."
-            )
-        return tensors
 
     def __contains__(self, doc_id: object) -> bool:
         if not valid_doc_id(doc_id):

@@ -13,11 +13,12 @@ def _cmd_upgrade(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..cache.disk import DiskKVStore
+    from ..cache.upgrade import upgrade_store
 
     directory = Path(args.directory)
     if not directory.is_dir():
         raise FileNotFoundError(2, "No such directory", str(directory))
-    report = DiskKVStore(directory).upgrade()
+    report = upgrade_store(DiskKVStore(directory))
     count = len(report.rewritten)
     print(f"grit-hf cache upgrade: {count} entr{'y' if count == 1 else 'ies'} rewritten with checksums in {directory}")
     if report.skipped:

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 import grit_hf.cache.disk as disk_module
 from grit_hf.cache import CacheEntryError, DiskKVStore, Fingerprint, KVStates, MemoryKVStore, cache_from_layers
 from grit_hf.cache.entries import checksum
+from grit_hf.cache.upgrade import upgrade_store
 from grit_hf.cli import main as cli_main
 
 LAYOUT = "layers=2;kv_heads=2;head_dim=8;vocab=100"
@@ -163,7 +164,7 @@ def test_version_1_entries_without_checksums_are_read_only_when_asked_or_after_a
     assert store.keys() == []  # not readable, so not listed
     trusting = DiskKVStore(store.directory, fingerprint=FINGERPRINT, read_unverified=True)
     assert torch.equal(trusting.get("a").layers()[1][0], tensors["layers.1.keys"]) and trusting.keys() == ["a"]
-    assert store.upgrade().rewritten == ["a"] and store.upgrade().rewritten == []
+    assert upgrade_store(store).rewritten == ["a"] and upgrade_store(store).rewritten == []
     assert torch.equal(store.get("a").layers()[1][0], tensors["layers.1.keys"])  # now with checksums
     _flip_a_data_byte(store.path_for("a"))
     with pytest.raises(CacheEntryError, match="checksums"):
@@ -225,7 +226,7 @@ def test_upgrade_skips_and_names_structurally_damaged_old_entries(store, capsys)
         assert store.path_for(next(d for d in DAMAGES if store.path_for(d).name == name)).read_bytes() == data
         assert f"  {name}: " in out
     assert torch.equal(store.get("good").layers()[1][0], tensors["layers.1.keys"])
-    report = store.upgrade()  # nothing left to rewrite; the damaged ones are named again
+    report = upgrade_store(store)  # nothing left to rewrite; the damaged ones are named again
     assert report.rewritten == [] and set(report.skipped) == set(before)
 
 
