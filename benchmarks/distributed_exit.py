@@ -11,6 +11,7 @@ import argparse
 import collections
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "environment": environment("transformers", "accelerate"),
         "command": command_line(__file__, argv),
-        "pytest": " ".join(command[1:]),
+        "pytest": shlex.join(["python", *command[1:]]),
         "runs": runs,
         "passed": {name: passed[name] for name in tests},
         "processes_left_behind": sum(len(run["left"]) for run in runs),
