@@ -125,10 +125,10 @@ def linear_rows(captured: dict) -> dict[str, dict]:
 
 
 def attention_rows(captured: dict) -> dict[str, int]:
-    """Rows of the decode attention over the whole padded batch at once (`_attend`, as before) that differ from the
+    """Rows of the decode attention over the whole padded batch at once (`_attend_batch`, as before) that differ from the
     row over its own keys alone (one layer and row each): in fp32 before the rounding to the model's dtype, and
     after it."""
-    from grit_hf.attention import _attend as _decode_attention
+    from grit_hf.attention import _attend_batch as _decode_attention
 
     counts = collections.Counter()
     with torch.inference_mode():
@@ -155,7 +155,7 @@ VARIANTS = {
 
 class _Variant:
     """Set a variant on `batch` and on the decode attention for the duration of a `with` block (without the row by
-    row attention, the whole padded batch goes through `_attend` at once, as it did before)."""
+    row attention, the whole padded batch goes through `_attend_batch` at once, as it did before)."""
 
     def __init__(self, batch, name: str):
         self.batch, (self.shadow, self.rowwise) = batch, VARIANTS[name]
@@ -166,7 +166,7 @@ class _Variant:
         self.real = attention_module._decode_attention
         self.batch.invariant = self.shadow
         if not self.rowwise:
-            attention_module._decode_attention = attention_module._attend
+            attention_module._decode_attention = attention_module._attend_batch
 
     def __exit__(self, *exc):
         from grit_hf import attention as attention_module

@@ -80,20 +80,29 @@ def _decode_attention(query, key, value, attention_mask, scaling: float | None) 
     contiguous = dict(dtype=torch.float32, memory_format=torch.contiguous_format)  # equal inputs, equal layouts
     grouped = query.reshape(batch, kv_heads, heads // kv_heads, dim).to(**contiguous)
     starts = _left_padding(attention_mask, batch, key.shape[2])
-    if starts is None:  # a mask with holes: the batch at once
-        scores = torch.matmul(grouped, key.to(**contiguous).transpose(-1, -2)) * scale
+    if starts is None:  # a mask with holes
+        return _attend_batch(query, key, value, attention_mask, scaling)
+    rows = []
+    for row, start in enumerate(starts):
+        keys = key[row : row + 1, :, start:].to(**contiguous)
+        scores = torch.matmul(grouped[row : row + 1], keys.transpose(-1, -2)) * scale
+        rows.append(torch.matmul(scores.softmax(-1), value[row : row + 1, :, start:].to(**contiguous)))
+    output = torch.cat(rows) if batch > 1 else rows[0]
+    return output.reshape(batch, heads, 1, dim).transpose(1, 2).to(query.dtype).contiguous()
+
+
+def _attend_batch(query, key, value, attention_mask, scaling: float | None) -> torch.Tensor:
+    """`_decode_attention` of the whole batch at once, the mask applied to the scores (not batch-invariant)."""
+    batch, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    grouped = query.reshape(batch, kv_heads, heads // kv_heads, dim).float()
+    scores = torch.matmul(grouped, key.transpose(-1, -2).float()) * (dim**-0.5 if scaling is None else scaling)
+    if attention_mask is not None:  # [batch, 1, 1, keys]: boolean (True = attend) or additive
         if attention_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attention_mask[..., -key.shape[2] :], float("-inf"))
         else:
             scores = scores + attention_mask[..., -key.shape[2] :].float()
-        output = torch.matmul(scores.softmax(-1), value.to(**contiguous))
-    else:
-        rows = []
-        for row, start in enumerate(starts):
-            keys = key[row : row + 1, :, start:].to(**contiguous)
-            scores = torch.matmul(grouped[row : row + 1], keys.transpose(-1, -2)) * scale
-            rows.append(torch.matmul(scores.softmax(-1), value[row : row + 1, :, start:].to(**contiguous)))
-        output = torch.cat(rows) if batch > 1 else rows[0]
+    output = torch.matmul(scores.softmax(-1), value.float())
     return output.reshape(batch, heads, 1, dim).transpose(1, 2).to(query.dtype).contiguous()
 
 
