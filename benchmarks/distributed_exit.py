@@ -11,12 +11,13 @@ import argparse
 import collections
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
 
 import psutil
-from report import REPO, command_line, environment, write_report
+from report import REPO, command_line, environment, tests_module, write_report
 
 __all__ = ["TESTS", "leftovers", "main"]
 
@@ -24,24 +25,17 @@ TESTS = "loss_curve or accelerate_launch_exits"
 _RESULT = re.compile(r"^(PASSED|FAILED|ERROR) tests/trainer/test_distributed\.py::(\S+)", re.MULTILINE)
 
 
-def leftovers(marker: str = "GRIT_HF_TEST_LAUNCH") -> list[str]:
-    """Every live process with `marker` in its environment (a process of some launch), as `pid: command line`."""
-    found = []
-    for process in psutil.process_iter():
+def leftovers() -> list[str]:
+    """Every live process of any launch of the tests (`tests/process_tree.py`'s marker), ended here."""
+    process_tree = tests_module("process_tree")
+    found = process_tree.marked_processes()
+    left = [process_tree.describe(process) for process in found]
+    for process in found:
         try:
-            if marker in process.environ() and process.status() != psutil.STATUS_ZOMBIE:
-                found.append(f"{process.pid}: {' '.join(process.cmdline())}")
+            process.kill()
         except psutil.Error:
             continue
-    return found
-
-
-def _end(found: list[str]) -> None:
-    for line in found:
-        try:
-            psutil.Process(int(line.split(":", 1)[0])).kill()
-        except psutil.Error:
-            continue
+    return left
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -64,7 +58,6 @@ def main(argv: list[str] | None = None) -> dict:
         except subprocess.TimeoutExpired:
             outcomes = {"pytest": "TIMEOUT"}
         left = leftovers()
-        _end(left)
         passed.update(name for name, status in outcomes.items() if status == "PASSED")
         runs.append(
             {"run": index + 1, "seconds": round(time.monotonic() - start, 1), "outcomes": outcomes, "left": left}
@@ -74,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "environment": environment("transformers", "accelerate"),
         "command": command_line(__file__, argv),
-        "pytest": " ".join(command[1:]),
+        "pytest": shlex.join(["python", *command[1:]]),
         "runs": runs,
         "passed": {name: passed[name] for name in tests},
         "processes_left_behind": sum(len(run["left"]) for run in runs),

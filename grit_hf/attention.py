@@ -9,7 +9,7 @@ split in two flash-kernel calls, over the cached positions (all visible) and ove
 with their log-sum-exps, exactly (at inference only: the kernel's log-sum-exp carries no gradient). Everything
 else (padding, sliding windows, bidirectional embedding passes, fp32 decoding, CUDA) goes to transformers' own sdpa,
 except decode steps in bf16/fp16 on the CPU, which run as two fp32 matmuls (`_decode_attention`: torch's CPU kernel is
-~9x slower for one low-precision query than for an fp32 one).
+~9x slower for one low-precision query than for an fp32 one), row by row in a left-padded batch (batch-invariant).
 
 Registered with transformers' `AttentionInterface` / `AttentionMaskInterface` in `grit_hf/__init__.py`;
 `GritLMPreTrainedModel.from_pretrained` selects it for models that would use sdpa.
@@ -67,7 +67,32 @@ def _decode_attention(query, key, value, attention_mask, scaling: float | None) 
     inputs: the numbers of torch's sdpa kernel (which computes in fp32 too), 5-9x faster on the CPU, where that kernel
     runs one low-precision query 9x slower than an fp32 one (3.3 ms against 0.36 ms per layer over 4000 cached
     positions, AMD EPYC, one thread). Grouped-query heads share their key/value head without copies. Returns
-    `[batch, 1, heads, head_dim]` like `sdpa_attention_forward`."""
+    `[batch, 1, heads, head_dim]` like `sdpa_attention_forward`.
+
+    Batch-invariant: each row is computed on its own, over its own keys (a decode batch's rows are left-padded to its
+    longest cache, `grit_hf.generation.batched`), so it gets, to the bit, what it gets alone. Over a padded batch at
+    once, the fp32 sums over the keys round with the padding in front of a row's keys and with the batch's size
+    (torch's batched matmuls pick their kernels by both; `benchmarks/batch_invariance.py`). A mask that is not
+    left-padding (holes) is applied to the batch as it is."""
+    batch, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    scale = dim**-0.5 if scaling is None else scaling
+    contiguous = dict(dtype=torch.float32, memory_format=torch.contiguous_format)  # equal inputs, equal layouts
+    grouped = query.reshape(batch, kv_heads, heads // kv_heads, dim).to(**contiguous)
+    starts = _left_padding(attention_mask, batch, key.shape[2])
+    if starts is None:  # a mask with holes
+        return _attend_batch(query, key, value, attention_mask, scaling)
+    rows = []
+    for row, start in enumerate(starts):
+        keys = key[row : row + 1, :, start:].to(**contiguous)
+        scores = torch.matmul(grouped[row : row + 1], keys.transpose(-1, -2)) * scale
+        rows.append(torch.matmul(scores.softmax(-1), value[row : row + 1, :, start:].to(**contiguous)))
+    output = torch.cat(rows) if batch > 1 else rows[0]
+    return output.reshape(batch, heads, 1, dim).transpose(1, 2).to(query.dtype).contiguous()
+
+
+def _attend_batch(query, key, value, attention_mask, scaling: float | None) -> torch.Tensor:
+    """`_decode_attention` of the whole batch at once, the mask applied to the scores (not batch-invariant)."""
     batch, heads, _, dim = query.shape
     kv_heads = key.shape[1]
     grouped = query.reshape(batch, kv_heads, heads // kv_heads, dim).float()
@@ -79,6 +104,19 @@ def _decode_attention(query, key, value, attention_mask, scaling: float | None) 
             scores = scores + attention_mask[..., -key.shape[2] :].float()
     output = torch.matmul(scores.softmax(-1), value.float())
     return output.reshape(batch, heads, 1, dim).transpose(1, 2).to(query.dtype).contiguous()
+
+
+def _left_padding(attention_mask: torch.Tensor | None, batch: int, length: int) -> list[int] | None:
+    """Where each row's keys start, if `attention_mask` (`[batch, 1, 1, keys]`, boolean or additive; `None`: every
+    key) masks only a run of keys in front of each row; else `None`."""
+    if attention_mask is None:
+        return [0] * batch
+    keep = attention_mask[:, 0, -1, -length:].expand(batch, length)
+    keep = keep if keep.dtype == torch.bool else keep == 0
+    starts = (~keep).sum(1)
+    if not torch.equal(keep, torch.arange(length, device=keep.device)[None] >= starts[:, None]):
+        return None
+    return starts.tolist()
 
 
 def offset_causal_sdpa_mask(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 
-__all__ = ["MARKER", "Launch", "run_to_end"]
+__all__ = ["MARKER", "Launch", "describe", "marked_processes", "run_to_end"]
 
 MARKER = "GRIT_HF_TEST_LAUNCH"
 
@@ -39,15 +39,7 @@ class Launch:
 
     def processes(self) -> list[psutil.Process]:
         """Every live process of this launch, the launcher and each descendant, wherever it was reparented."""
-        found = []
-        for process in psutil.process_iter():
-            try:
-                if process.pid != os.getpid() and process.environ().get(MARKER) == self.token:
-                    if process.status() != psutil.STATUS_ZOMBIE:
-                        found.append(process)
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                continue
-        return found
+        return marked_processes(self.token)
 
     def end(self, first: signal.Signals = signal.SIGABRT, grace: float = 30) -> list[psutil.Process]:
         """Send `first` to every process of the launch (SIGABRT: each prints its stack with `PYTHONFAULTHANDLER`),
@@ -66,6 +58,28 @@ class Launch:
         return found
 
 
+def marked_processes(token: str | None = None) -> list[psutil.Process]:
+    """The live processes with `MARKER` in their environment (with a `token`: those of that launch only)."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            value = process.environ().get(MARKER)
+            if process.pid != os.getpid() and value is not None and token in (None, value):
+                if process.status() != psutil.STATUS_ZOMBIE:
+                    found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def describe(process: psutil.Process) -> str:
+    """`pid: command line` (the pid alone if the process is gone)."""
+    try:
+        return f"{process.pid}: {' '.join(process.cmdline())}"
+    except psutil.Error:
+        return str(process.pid)
+
+
 def run_to_end(launch: Launch, log: Path, timeout: float) -> tuple[int | str, list[str]]:
     """Run `launch` with its output in `log` (a file, not a pipe: a full pipe must never block a worker).
 
@@ -78,13 +92,6 @@ def run_to_end(launch: Launch, log: Path, timeout: float) -> tuple[int | str, li
         except subprocess.TimeoutExpired:
             launch.end()
             return "timeout", []
-    left = [_describe(process) for process in launch.processes()]
+    left = [describe(process) for process in launch.processes()]
     launch.end(first=signal.SIGKILL)
     return code, left
-
-
-def _describe(process: psutil.Process) -> str:
-    try:
-        return f"{process.pid}: {' '.join(process.cmdline())}"
-    except psutil.Error:
-        return str(process.pid)

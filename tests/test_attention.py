@@ -150,3 +150,22 @@ def test_low_precision_decode_steps_compute_sdpas_numbers_in_fp32(stock_checkpoi
     rounded = reference(query.bfloat16().float(), key.bfloat16().float(), value.bfloat16().float(), enable_gqa=True)
     torch.testing.assert_close(got, rounded.transpose(1, 2), rtol=0, atol=1e-2)  # fp32 math of the bf16 inputs
     assert (got - expected).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_decode_attention_of_a_padded_batch_is_each_rows_own(dtype):
+    """Rows of a decode batch, left-padded to its longest cache: each row's output is, to the bit, what the row gets
+    alone over its own keys (in another buffer), whatever the padding in front of it and the batch's size."""
+    generator = torch.Generator().manual_seed(0)
+    lengths = [1, 7, 64, 65, 300, 1031, 1500, 2]
+    width = max(lengths)
+    query = torch.randn(len(lengths), 9, 1, 64, generator=generator).to(dtype)  # 9 heads over 3 key/value heads
+    key = (2 * torch.randn(len(lengths), 3, width + 64, 64, generator=generator)).to(dtype)[:, :, :width]
+    value = torch.randn(len(lengths), 3, width + 64, 64, generator=generator).to(dtype)[:, :, :width]
+    mask = torch.arange(width)[None] >= torch.tensor([width - length for length in lengths])[:, None]
+    with torch.inference_mode():
+        batched = attention._decode_attention(query, key, value, mask[:, None, None], None)
+        for row, length in enumerate(lengths):
+            own_key, own_value = key[row : row + 1, :, -length:].clone(), value[row : row + 1, :, -length:].clone()
+            alone = attention._decode_attention(query[row : row + 1], own_key, own_value, None, None)
+            assert torch.equal(batched[row : row + 1], alone), (row, length)

@@ -85,8 +85,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--no-batch-decoding",
         dest="batch_decoding",
         action="store_false",
-        help="decode each chat on its own (default: the decode steps of concurrent chats run as one forward pass; "
-        "off with --decode-cache static)",
+        help="decode each chat on its own (default: the decode steps of concurrent chats run as one forward pass, "
+        "batch-invariant: a chat's tokens do not depend on the others; off with --decode-cache static)",
     )
     batching = parser.add_argument_group("embedding batcher")
     batching.add_argument("--batch-size", type=int, default=64, help="texts per model call (at most)")

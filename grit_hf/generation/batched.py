@@ -5,8 +5,16 @@ and hands the composed states and the prompt's last logits to the `DecodeBatch` 
 picks each stream's next token (with the stream's own sampling options and seed) and hands it over, then runs one
 forward pass for all streams: their caches stacked along the batch, left-padded to the longest (the padding masked
 out, every row at its own positions). A new stream joins at the next step; a finished or closed one leaves. Text,
-stop strings and streaming stay in each stream's thread (`Generator._text`). Greedy streams give the tokens of
-sequential decoding (within the dtype's rounding: a padded, batched kernel sums in another order).
+stop strings and streaming stay in each stream's thread (`Generator._text`).
+
+Batch-invariant in bf16 (CPU): at every step, a stream's logits are those it gets decoded alone in the batch, to the
+bit, whatever else is decoded with it, so a greedy answer does not depend on the server's load. Two things make it so:
+a lone stream decodes as 2 rows (`_fit_shadow`: oneDNN's bf16 matmul rounds one-row calls differently from calls of 2
+rows or more, which agree with each other), and the decode attention runs row by row over each row's own keys
+(`grit_hf.attention._decode_attention`); measured in `benchmarks/results/batch_invariance_cpu.md`. In fp32 the rows of
+one call still round with the batch's size (MKL picks its fp32 kernels by the row count): the last bits of the logits
+can differ, and greedy answers did not (0 of 20). Sequential decoding (`batch_decoding=False`) runs one-row matmuls: in
+bf16 its answers can differ from the batched ones, each of them independent of the load.
 
 Why not transformers' continuous batching (`generate_batch` / `ContinuousBatchingManager`, the engine behind
 `transformers serve`): a request there is a list of token ids whose states it computes itself, into its own paged
@@ -69,6 +77,7 @@ class DecodeBatch:
         self._mask = torch.zeros(0, 0, dtype=torch.long)  # [streams, width]: 1 for real positions
         self._thread: threading.Thread | None = None
         self._closing = False
+        self.invariant = True  # a lone stream decodes as 2 rows (see `_fit_shadow`)
         _open_batches.add(self)
 
     @property
@@ -162,14 +171,18 @@ class DecodeBatch:
 
     def _forward(self, tokens: list[int]) -> None:
         device = self.model.device
-        self._mask = torch.cat([self._mask, self._mask.new_ones(len(tokens), 1)], dim=1)
+        rows = self._mask.shape[0]  # the streams, and a lone stream's shadow row
+        tokens = tokens + tokens[: rows - len(tokens)]
+        positions = [s.position for s in self._streams]
+        positions += positions[: rows - len(positions)]
+        self._mask = torch.cat([self._mask, self._mask.new_ones(rows, 1)], dim=1)
         cache = DynamicCache()
         cache.layers.extend(self._layers)
         with self.model.forward_lock:
             logits = self.model.causal_lm_forward(
                 input_ids=torch.tensor(tokens, device=device)[:, None],
                 attention_mask=self._mask.to(device),
-                position_ids=torch.tensor([s.position for s in self._streams], device=device)[:, None],
+                position_ids=torch.tensor(positions, device=device)[:, None],
                 cache=cache,
                 use_cache=True,
                 logits_to_keep=1,
@@ -184,8 +197,9 @@ class DecodeBatch:
         if not joining:
             return
         width = max([self._mask.shape[1], *(s.layers[0][0].shape[2] for s in joining)])
-        rows = [self._padded(layer.keys, layer.values, width) for layer in self._layers] if self._streams else None
-        masks = [torch.nn.functional.pad(self._mask, (width - self._mask.shape[1], 0))] if self._streams else []
+        n = len(self._streams)  # rows past them: a shadow row, dropped here
+        rows = [self._padded(layer.keys[:n], layer.values[:n], width) for layer in self._layers] if n else None
+        masks = [torch.nn.functional.pad(self._mask[:n], (width - self._mask.shape[1], 0))] if n else []
         new_rows = []
         for stream in joining:
             length = stream.layers[0][0].shape[2]
@@ -202,6 +216,7 @@ class DecodeBatch:
         ]
         self._mask = torch.cat(masks)
         self._streams = [*self._streams, *joining]
+        self._fit_shadow()
 
     @staticmethod
     def _padded(keys: torch.Tensor, values: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,6 +244,27 @@ class DecodeBatch:
             for layer in self._layers
         ]
         self._mask = self._mask[rows][:, first:]
+        self._fit_shadow()
+
+    def _fit_shadow(self) -> None:
+        """Give a lone stream a shadow row (a copy of its own) in the stacked cache, and drop it when others join.
+
+        Batch invariance in bf16 on the CPU: oneDNN's bf16 matmul computes a one-row call with other kernels (another
+        summation order over K) than a call with 2 or more rows, and those agree with each other whatever the row
+        count and a row's place (checked up to 64 rows, 1 and 2 threads: `benchmarks/batch_invariance.py`). So a
+        lone stream decodes as 2 rows: its tokens are those it gets among others. The copy is made when a stream
+        joins or leaves, not per step; a step costs the attention of one more row."""
+        n = len(self._streams)
+        want = self.invariant and n == 1
+        if want == (self._mask.shape[0] > n):
+            return
+        index = torch.tensor([0, 0] if want else list(range(n)), device=self._layers[0].keys.device)
+        width = self._mask.shape[1]
+        self._layers = [
+            _layer(layer.keys.index_select(0, index), layer.values.index_select(0, index), width)
+            for layer in self._layers
+        ]
+        self._mask = self._mask[index.cpu()]
 
 
 _open_batches: weakref.WeakSet[DecodeBatch] = weakref.WeakSet()

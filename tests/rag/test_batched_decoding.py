@@ -78,13 +78,14 @@ def test_concurrent_streams_equal_sequential_decoding(rags, stagger):
 
 def test_decode_steps_of_concurrent_streams_share_forward_passes(rags, model, monkeypatch):
     _, batched = rags
-    sizes = []
-    real = model.causal_lm_forward
+    sizes, rows = [], []
+    real, batch = model.causal_lm_forward, batched.generator.batch
 
     def counting(*args, **kwargs):
         ids = kwargs.get("input_ids")
         if ids is not None and ids.shape[1] == 1:  # a decode step
-            sizes.append(ids.shape[0])
+            sizes.append(len(batch._streams))
+            rows.append(ids.shape[0])
         return real(*args, **kwargs)
 
     monkeypatch.setattr(model, "causal_lm_forward", counting)
@@ -97,6 +98,7 @@ def test_decode_steps_of_concurrent_streams_share_forward_passes(rags, model, mo
     _in_threads(run, 4)
     assert sum(sizes) == 4 * 19  # every decode step of every stream, once (the first token comes from the prefill)
     assert len(sizes) < 2 * 19 and max(sizes) == 4  # mostly together
+    assert rows == [max(2, size) for size in sizes]  # a lone stream decodes with its shadow row (batch invariance)
 
 
 def test_a_closed_stream_leaves_and_the_others_go_on(rags):
