@@ -119,7 +119,11 @@ def build_app(args: argparse.Namespace, model=None):
     batch_decoding = args.batch_decoding and args.decode_cache != "static"
     rag_kwargs.update(decode_cache=args.decode_cache, compile=args.compile or None, batch_decoding=batch_decoding)
     source = model if model is not None else args.model
-    load_kwargs = None if model is not None else dict(device=args.device, dtype=args.dtype, revision=args.revision)
+    load_kwargs = None
+    if model is None:
+        load_kwargs = dict(
+            device=args.device, dtype=args.dtype, revision=args.revision, quantization=args.quantization
+        )
     rag = get_shared(source, load_kwargs=load_kwargs, rag_kwargs=rag_kwargs)
     limits = _fit_input_tokens(limits, rag.model)
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
