@@ -31,7 +31,7 @@ from .folders.sentence_transformers import write_checkpoint_files
 from .formatting import EmbeddingInputs, length_sorted_batches, pad_right, pad_token_id, tokenize_with_prefix
 from .locking import model_lock
 from .pooling import pool, text_token_mask
-from .quantization import prepare_quantized_loading
+from .quantization import finish_quantized_loading, prepare_quantized_loading
 from .validation import check_positive_int, check_text, check_texts
 
 logger = logging.get_logger(__name__)
@@ -144,6 +144,8 @@ class GritLMPreTrainedModel(PreTrainedModel):
         if getattr(config, "quantization_config", None) is not None or "quantization_config" in kwargs:
             prepare_quantized_loading()
         model = super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+        if getattr(model.config, "quantization_config", None) is not None:
+            finish_quantized_loading(model)
         if model.config.get_text_config()._attn_implementation == "sdpa":
             model.set_attn_implementation(ATTENTION_NAME)  # sdpa, with a fast path for prefills after a cache
         return model

@@ -24,6 +24,8 @@ from typing import Literal
 from torch import nn
 from transformers.utils import logging
 
+from .quantized_linear import install_quantized_linears
+
 logger = logging.get_logger(__name__)
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "model_quantization",
     "check_not_quantized",
     "prepare_quantized_loading",
+    "finish_quantized_loading",
     "weight_bytes",
 ]
 
@@ -89,12 +92,14 @@ def torchao_config(quantization: str):
 
 def quantize_lm_head(model: nn.Module, quantization: str) -> None:
     """Quantize `model.lm_head` like the other linear layers. A head tied to the input embeddings is untied first
-    (the embeddings stay dense), and the config records it untied, so a saved checkpoint keeps its own head."""
+    (the embeddings stay dense), and the config records it untied, so a saved checkpoint keeps its own head. Then
+    every quantized linear layer calls the CPU kernels directly (`grit_hf.quantized_linear`)."""
     from torchao.quantization import quantize_
     from torchao.utils import TorchAOBaseTensor
 
     head = model.get_output_embeddings()
     if isinstance(head.weight, TorchAOBaseTensor):
+        install_quantized_linears(model)
         return
     if head.weight is model.get_input_embeddings().weight:
         head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=False)
@@ -102,6 +107,7 @@ def quantize_lm_head(model: nn.Module, quantization: str) -> None:
         model.config.get_text_config(decoder=True).tie_word_embeddings = False
         model._tied_weights_keys = {}
     quantize_(head, _base_config(quantization), filter_fn=lambda module, name: isinstance(module, nn.Linear))
+    install_quantized_linears(model)
 
 
 def model_quantization(model: nn.Module) -> str | None:
@@ -136,6 +142,13 @@ def prepare_quantized_loading() -> None:
     `quantization_config`)."""
     if is_torchao_available():
         _register_int4_safetensors()
+
+
+def finish_quantized_loading(model: nn.Module) -> None:
+    """After `from_pretrained` of a quantized model: its linear layers call the CPU kernels directly
+    (`grit_hf.quantized_linear`)."""
+    if is_torchao_available():
+        install_quantized_linears(model)
 
 
 @functools.cache

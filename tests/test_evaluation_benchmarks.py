@@ -79,6 +79,11 @@ def test_benchmark_scripts_run_in_a_tiny_configuration(script, grit_checkpoint, 
             "12",
             "--steps",
             "2",
+            "--settings",
+            "bfloat16",
+            "int4",
+            "--bandwidth-mib",
+            "4",
         ]
     else:
         argv = ["--model", str(grit_checkpoint("llama")), "--batch-sizes", "4", "8", "--chunk-size", "2"]
@@ -87,7 +92,9 @@ def test_benchmark_scripts_run_in_a_tiny_configuration(script, grit_checkpoint, 
     if script == "decode_engine":
         assert all(row["same_tokens"] for row in report["rows"])  # both engines decode the same greedy tokens
     if script == "decode_profile":
-        assert len(report["points"]) == 4 and all(0 < p["operators_ms"] <= p["step_ms"] for p in report["points"])
+        assert len(report["points"]) == 4 and all(p["operators_ms"] > 0 and p["bound_ms"] > 0 for p in report["points"])
+        dense, int4 = report["points"][0], report["points"][2]  # batch 1 of each setting
+        assert int4["weight_bytes"] < dense["weight_bytes"] / 3 and report["bandwidth_gb_s"]["1"]["triad"] > 0
     assert output.with_suffix(".md").is_file()
 
 
