@@ -151,3 +151,20 @@ def test_reports_record_the_command_as_a_shell_would_run_it():
     assert report.command_line("/anywhere/benchmarks/rag_latency.py", ["--lengths", "12", "--label", "a b"]) == (
         "python benchmarks/rag_latency.py --lengths 12 --label 'a b'"
     )
+
+
+def test_quantization_quality_runs_on_a_tiny_model(grit_checkpoint, shared_data, tmp_path, monkeypatch):
+    """Quantized settings against bf16: retrieval, answers, fidelity and fingerprints, on a tiny model and a subset."""
+    pytest.importorskip("torchao")
+    monkeypatch.setenv("GRIT_HF_DATA", str(shared_data))
+    quality = load_benchmark("quantization_quality")
+    output = tmp_path / "quant"
+    argv = ["--model", str(grit_checkpoint("llama")), "--smoke", "--questions", "2", "--new-tokens", "3"]
+    assert quality.main([*argv, "--output", str(output)]) == 0
+    report = json.loads(output.with_suffix(".json").read_text())
+    rows = report["settings"]
+    assert set(rows) == {"bfloat16", "int8", "int4"} and report["reference"] == "bfloat16"
+    assert rows["int4"]["weight_bytes"] < rows["int8"]["weight_bytes"] < rows["bfloat16"]["weight_bytes"]
+    assert rows["int4"]["fingerprint_differs"] and rows["int8"]["fingerprint_differs"]
+    assert 0.5 < rows["int4"]["cosine_min"] <= rows["int4"]["cosine_mean"] <= 1 + 1e-6
+    assert rows["int8"]["plain_vs_reference"]["identical"].endswith("/2")
