@@ -72,7 +72,10 @@ def _markdown(report: dict) -> str:
     row(f"retrieval time (s, {report['threads']} thread)", lambda r: r["retrieval"]["seconds"])
     row(f"plain RAG answers identical to {reference}", lambda r: r.get("plain_vs_reference", {}).get("identical", "-"))
     row(f"plain RAG token F1 to {reference}", lambda r: r.get("plain_vs_reference", {}).get("token_f1", "-"))
-    row(f"doc-cached answers identical to {reference}", lambda r: r.get("cached_vs_reference", {}).get("identical", "-"))
+    row(
+        f"doc-cached answers identical to {reference}",
+        lambda r: r.get("cached_vs_reference", {}).get("identical", "-"),
+    )
     row(f"doc-cached token F1 to {reference}", lambda r: r.get("cached_vs_reference", {}).get("token_f1", "-"))
     row("fidelity: doc caching vs plain RAG, token F1", lambda r: r["answers"]["fidelity"]["token_f1"])
     row("fidelity: KL along plain RAG's answer (nats)", lambda r: r["answers"]["fidelity"]["kl"])

@@ -92,7 +92,9 @@ def test_benchmark_scripts_run_in_a_tiny_configuration(script, grit_checkpoint, 
     if script == "decode_engine":
         assert all(row["same_tokens"] for row in report["rows"])  # both engines decode the same greedy tokens
     if script == "decode_profile":
-        assert len(report["points"]) == 4 and all(p["operators_ms"] > 0 and p["bound_ms"] > 0 for p in report["points"])
+        assert len(report["points"]) == 4 and all(
+            p["operators_ms"] > 0 and p["bound_ms"] > 0 for p in report["points"]
+        )
         dense, int4 = report["points"][0], report["points"][2]  # batch 1 of each setting
         assert int4["weight_bytes"] < dense["weight_bytes"] / 3 and report["bandwidth_gb_s"]["1"]["triad"] > 0
     assert output.with_suffix(".md").is_file()
@@ -168,3 +170,12 @@ def test_quantization_quality_runs_on_a_tiny_model(grit_checkpoint, shared_data,
     assert rows["int4"]["fingerprint_differs"] and rows["int8"]["fingerprint_differs"]
     assert 0.5 < rows["int4"]["cosine_min"] <= rows["int4"]["cosine_mean"] <= 1 + 1e-6
     assert rows["int8"]["plain_vs_reference"]["identical"].endswith("/2")
+
+
+def test_prefill_attention_benchmark_compares_an_attention_equal_to_sdpa(tmp_path):
+    """The blocked matmul attention the benchmark times computes sdpa's attention (bf16 rounding apart)."""
+    bench = load_benchmark("prefill_attention")
+    assert bench.main(["--shapes", "2x40", "--repeats", "1", "--output", str(tmp_path / "attn")]) == 0
+    rows = json.loads((tmp_path / "attn.json").read_text())["rows"]
+    assert [r["attention"] for r in rows] == ["bidirectional, padded", "causal"]
+    assert all(r["max_abs_diff"] < 0.05 for r in rows)  # outputs are averages of N(0, 1) values, in bf16
