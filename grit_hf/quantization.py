@@ -72,14 +72,16 @@ def check_quantization(quantization: str | None) -> str | None:
 
 
 def _base_config(quantization: str):
+    """torchao's config for `quantization`; `set_inductor_config=False`: quantizing leaves torch.compile's global
+    settings alone (torchao's default changes them for every compiled function of the process)."""
     if quantization == "int4":
         from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
 
         _register_int4_safetensors()
-        return PrototypeInt4WeightOnlyConfig(group_size=INT4_GROUP_SIZE)
+        return PrototypeInt4WeightOnlyConfig(group_size=INT4_GROUP_SIZE, set_inductor_config=False)
     from torchao.quantization import Int8WeightOnlyConfig
 
-    return Int8WeightOnlyConfig()
+    return Int8WeightOnlyConfig(set_inductor_config=False)
 
 
 def torchao_config(quantization: str):
