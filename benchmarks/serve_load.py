@@ -47,7 +47,7 @@ import httpx
 import numpy as np
 from report import SENTENCES, command_line, environment, write_report
 from serve_report import markdown, plot
-from servers import GRIT_VARIANTS, Server, default_gguf, grit_server, llamacpp_server, tiny_model
+from servers import GRIT_VARIANTS, Server, default_gguf, grit_server, llamacpp_server, tiny_model, variant_label
 
 TOPICS = ["rivers", "plants", "towers", "cities", "models", "glaciers", "borders", "bees", "storms", "metals"]
 QUESTIONS = [f"What does the note about {topic} say?" for topic in TOPICS]
@@ -207,6 +207,10 @@ def make_parser() -> argparse.ArgumentParser:
         "--grit-variants", nargs="+", default=list(GRIT_VARIANTS), choices=list(GRIT_VARIANTS),
         help="grit-hf servers to start (dtype, batched decoding), each its own process",
     )  # fmt: skip
+    parser.add_argument(
+        "--flows", nargs="+", default=["embeddings", "chat", "rag"], choices=["embeddings", "chat", "rag"],
+        help="flows to run (rag: cached and not)",
+    )  # fmt: skip
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--requests", type=int, default=2, help="requests per client at each concurrency")
     parser.add_argument("--min-requests", type=int, default=4, help="at least this many requests per point")
@@ -250,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {
             "label": "CPU smoke run, tiny random model" if args.smoke else "CPU",
             "models": {
-                s.name: f"{args.model} ({GRIT_VARIANTS[s.name.split()[1]][0]})"
+                s.name: f"{args.model} ({variant_label(s.name.split()[1])})"
                 for s in servers
                 if s.name.startswith("grit-hf")
             },
@@ -261,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads,
         },
         "startup_s": {},
+        "memory_mib": {},
         "setup": [],
         "results": [],
         "skipped": [],
@@ -277,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             _, usage = embed(client, servers[0], corpus.documents[:1], cache=False)
             report["config"]["doc_tokens"] = usage["prompt_tokens"]
         for concurrency in args.concurrency:
-            for flow in ("embeddings", "chat", "rag"):
+            for flow in args.flows:
                 for server in servers:
                     for name in [f for f in flows_of(server) if f.startswith(flow)]:
                         if time.perf_counter() - began > args.max_seconds:
@@ -291,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
                             ),
                             file=sys.stderr,
                         )
+        for server in servers:  # resident memory after the load (each server's peak so far)
+            report["memory_mib"][server.name] = server.memory_mib()
     finally:
         for server in servers:
             server.stop()

@@ -9,14 +9,21 @@ __all__ = ["markdown", "ratios", "plot"]
 
 
 def ratios(report: dict) -> list[str]:
-    """Lines of a table: requests/s of each grit-hf server over llama.cpp's, per flow and N (RAG: cached states)."""
-    by_key = {(r["server"], r["flow"], r["concurrency"]): r["throughput_rps"] for r in report["results"]}
+    """Lines of a table: each grit-hf server's rate over llama.cpp's, per flow and N: completion tokens/s for chat
+    (the two servers may stop at different lengths), requests/s for embeddings and RAG (grit-hf with cached states)."""
+    rate = {"chat": "completion_tokens_per_s"}
+    by_key = {
+        (r["server"], r["flow"], r["concurrency"]): r[rate.get(r["flow"], "throughput_rps")] for r in report["results"]
+    }
     grits = [name for name in dict.fromkeys(r["server"] for r in report["results"]) if name.startswith("grit-hf")]
-    if ("llama.cpp", "chat", report["config"]["concurrency"][0]) not in by_key or not grits:
+    flows = {r["flow"] for r in report["results"] if r["server"] == "llama.cpp"}
+    if not flows or not grits:
         return []
-    lines = ["", "Requests/s over llama.cpp's (RAG: grit-hf with cached states):", "",
-             "| flow | N | " + " | ".join(grits) + " |", "|---|---|" + "---|" * len(grits)]  # fmt: skip
+    lines = ["", "Rate over llama.cpp's (chat: completion tokens/s; embeddings and RAG: requests/s, RAG with cached "
+             "states):", "", "| flow | N | " + " | ".join(grits) + " |", "|---|---|" + "---|" * len(grits)]  # fmt: skip
     for flow, ours in (("embeddings", "embeddings"), ("chat", "chat"), ("rag", "rag (cached)")):
+        if flow not in flows:
+            continue
         for n in report["config"]["concurrency"]:
             peer = by_key.get(("llama.cpp", flow, n))
             cells = [f"{by_key[(g, ours, n)] / peer:.2f}x" if peer and (g, ours, n) in by_key else "-" for g in grits]
@@ -60,11 +67,15 @@ def markdown(report: dict) -> str:
         lines.append(f"- {info['server']}: {info['index_documents_s']:.2f} s{extra}")
     if report.get("skipped"):
         lines += ["", f"Skipped (time budget): {', '.join(report['skipped'])}"]
+    if report.get("memory_mib"):
+        lines += ["", "Resident memory of each server process after the run (MiB, now / peak):", ""]
+        lines += [f"- {name}: {m['rss']:.0f} / {m['peak']:.0f}" for name, m in report["memory_mib"].items()]
     lines += ratios(report)
     lines += [
         "",
-        "Notes: grit-hf runs the checkpoint with PyTorch (fp32 or bf16), llama.cpp a 4-bit GGUF (Q4_1) with its own",
-        "kernels; decoding on a CPU is bound by reading the weights, so per-token speed mostly reflects their size.",
+        "Notes: grit-hf runs the checkpoint with PyTorch (fp32, bf16, or torchao's int8/int4 weights), llama.cpp a",
+        "4-bit GGUF (Q4_1) with its own kernels; decoding on a CPU is bound by reading the weights, so per-token",
+        "speed mostly reflects their size.",
         "grit-hf micro-batches embeddings; without batching its concurrent streams take turns token by token, with",
         "batching their decode steps run as one forward pass (prefills stay serialised). llama.cpp's Python server",
         "serialises whole requests. With 4 to 8 requests per point, p99 is close to the maximum. llama.cpp's",
@@ -80,6 +91,7 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     colors = {"grit-hf fp32": "tab:cyan", "grit-hf bf16": "tab:blue", "grit-hf bf16+batching": "tab:green"}
+    colors.update({"grit-hf int8+batching": "tab:olive", "grit-hf int4+batching": "tab:red"})
     colors["llama.cpp"] = "tab:orange"
     flows = list(dict.fromkeys(row["flow"] for row in report["results"]))
     groups = [["embeddings"], ["chat"], [f for f in flows if f.startswith("rag")]]

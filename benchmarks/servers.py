@@ -16,7 +16,16 @@ from pathlib import Path
 import httpx
 from report import REPO, tests_module
 
-__all__ = ["GRIT_VARIANTS", "Server", "free_port", "grit_server", "llamacpp_server", "default_gguf", "tiny_model"]
+__all__ = [
+    "GRIT_VARIANTS",
+    "Server",
+    "free_port",
+    "grit_server",
+    "llamacpp_server",
+    "default_gguf",
+    "tiny_model",
+    "variant_label",
+]
 
 
 def free_port() -> int:
@@ -65,6 +74,16 @@ class Server:
         self.log.seek(0)
         return self.log.read().decode(errors="replace")
 
+    def memory_mib(self) -> dict[str, float]:
+        """The process's resident memory now and at its peak (`VmRSS`, `VmHWM` of /proc), in MiB."""
+        fields = {"VmRSS": "rss", "VmHWM": "peak"}
+        result = {}
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in fields:
+                result[fields[key]] = round(int(value.split()[0]) / 1024, 1)
+        return result
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
@@ -75,21 +94,30 @@ class Server:
                 self.process.wait()
 
 
-GRIT_VARIANTS = {  # name: (dtype, batched decoding)
-    "fp32": ("float32", False),
-    "bf16": ("bfloat16", False),
-    "bf16+batching": ("bfloat16", True),
+GRIT_VARIANTS = {  # name: (dtype, batched decoding, quantization)
+    "fp32": ("float32", False, None),
+    "bf16": ("bfloat16", False, None),
+    "bf16+batching": ("bfloat16", True, None),
+    "int8+batching": ("bfloat16", True, "int8"),
+    "int4+batching": ("bfloat16", True, "int4"),
 }
+
+
+def variant_label(variant: str) -> str:
+    """The weights of a `GRIT_VARIANTS` entry, e.g. `"bfloat16"` or `"bfloat16, int4"`."""
+    dtype, _, quantization = GRIT_VARIANTS[variant]
+    return dtype if quantization is None else f"{dtype}, {quantization}"
 
 
 def grit_server(model: str, threads: int, variant: str = "bf16+batching") -> Server:
     """`grit-hf serve` in one of `GRIT_VARIANTS` (named `grit-hf VARIANT`)."""
-    dtype, batching = GRIT_VARIANTS[variant]
+    dtype, batching, quantization = GRIT_VARIANTS[variant]
     port = free_port()
     command = [sys.executable, "-m", "grit_hf.cli", "serve", "--model", model, "--port", str(port)]
     command += ["--threads", str(threads), "--log-level", "warning", "--max-concurrent-generations", "16"]
     command += ["--served-model-name", "grit", "--max-input-tokens", "2048", "--dtype", dtype]
     command += [] if batching else ["--no-batch-decoding"]
+    command += [] if quantization is None else ["--quantization", quantization]
     extra = {"embeddings": {"cache": False}, "rag (no cache)": {}}
     return Server(f"grit-hf {variant}", command, port, "grit", extra)
 

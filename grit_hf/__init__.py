@@ -7,6 +7,10 @@ points.
 
 from __future__ import annotations
 
+from .import_noise import quiet_optional_backend_imports
+
+quiet_optional_backend_imports()  # before transformers imports torchao
+
 from transformers import AttentionInterface, AutoConfig, AutoModel, AutoModelForCausalLM
 from transformers.masking_utils import AttentionMaskInterface
 

@@ -36,14 +36,15 @@ def run_demo(
     cache_attention: str | None = None,
     show_progress_bar: bool = True,
     dtype: str = "auto",
+    quantization: str | None = None,
 ) -> int:
     """Embed the bundled documents, retrieve the best one for `question` and answer it twice: re-reading the document
     text (plain RAG) and reusing its cached key/value states (doc caching). Prints each step and its time.
 
     `cache_attention=None` follows the checkpoint (`config.cache_attention`): a checkpoint trained with the cache loss
     answers from the embedding pass's own states (bidirectional: one pass per document); any other caches causal
-    states (exact, one extra pass while indexing). `dtype` as `grit_hf.load_model` takes it (`"auto"`: bfloat16 on a
-    CPU with native bf16).
+    states (exact, one extra pass while indexing). `dtype` and `quantization` as `grit_hf.load_model` takes them
+    (`"auto"`: bfloat16 on a CPU with native bf16; `None`: the weights as saved).
     """
     from .checkpoint.loading import load_model
     from .folders.resolve import resolve_checkpoint
@@ -55,7 +56,7 @@ def run_demo(
     started = time.perf_counter()
     path = resolve_checkpoint(model)
     started = _step(f"model checkpoint ready at {path}", started)
-    grit = load_model(path, device="cpu", dtype=dtype)
+    grit = load_model(path, device="cpu", dtype=dtype, quantization=quantization)
     started = _step(
         f"loaded {grit.config.text_config.model_type} model ({grit.num_parameters() / 1e6:.0f}M params, {grit.dtype})",
         started,

@@ -31,6 +31,7 @@ from .folders.sentence_transformers import write_checkpoint_files
 from .formatting import EmbeddingInputs, length_sorted_batches, pad_right, pad_token_id, tokenize_with_prefix
 from .locking import model_lock
 from .pooling import pool, text_token_mask
+from .quantization import finish_quantized_loading, prepare_quantized_loading
 from .validation import check_positive_int, check_text, check_texts
 
 logger = logging.get_logger(__name__)
@@ -140,7 +141,11 @@ class GritLMPreTrainedModel(PreTrainedModel):
             config = load_grit_config(pretrained_model_name_or_path, **config_kwargs)
         if config is not None and "key_mapping" not in kwargs:
             kwargs["key_mapping"] = stock_key_mapping(config.text_config) or None
+        if getattr(config, "quantization_config", None) is not None or "quantization_config" in kwargs:
+            prepare_quantized_loading()
         model = super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+        if getattr(model.config, "quantization_config", None) is not None:
+            finish_quantized_loading(model)
         if model.config.get_text_config()._attn_implementation == "sdpa":
             model.set_attn_implementation(ATTENTION_NAME)  # sdpa, with a fast path for prefills after a cache
         return model

@@ -25,7 +25,9 @@ class Fingerprint:
         model: the model's name or path (informative; not compared, a moved checkpoint keeps its states).
         config: sha256 of the model config (JSON, sorted keys, `name_or_path` and transformers version removed).
         weights: sha256 of every parameter's name, shape, dtype and a strided sample of its values
-            (`weights_hash="full"` in `compute_fingerprint` hashes all bytes).
+            (`weights_hash="full"` in `compute_fingerprint` hashes all bytes); a quantized weight (torchao) by its
+            type and its stored tensors (values, scales, zero points), so a quantized model never shares states
+            with its dense parent (its config, with the `quantization_config`, differs too).
         tokenizer: sha256 of the tokenizer's serialised vocabulary and special tokens.
         dtype: dtype of the states, e.g. `"torch.bfloat16"`.
         template: the document template the states were computed with.
@@ -75,14 +77,24 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _stored_tensors(name: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """The plain tensors a weight is stored as: itself, or a quantized weight's (a torchao tensor subclass) values,
+    scales and zero points, named `NAME.PART`."""
+    if type(tensor) not in (torch.Tensor, torch.nn.Parameter) and hasattr(tensor, "__tensor_flatten__"):
+        inner, _ = tensor.__tensor_flatten__()
+        return [(f"{name}.{part}[{type(tensor).__name__}]", getattr(tensor, part)) for part in inner]
+    return [(name, tensor)]
+
+
 def _weights_digest(model: torch.nn.Module, full: bool, sample: int = 4096) -> str:
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        flat = tensor.detach().reshape(-1)
-        if not full and flat.numel() > sample:
-            flat = flat[:: max(1, flat.numel() // sample)][:sample]
-        digest.update(memoryview(flat.cpu().contiguous().view(torch.uint8).numpy()))
+    for name, weight in sorted(model.state_dict().items()):
+        for part, tensor in _stored_tensors(name, weight):  # a dense weight: itself (the digest of before)
+            digest.update(f"{part}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+            flat = tensor.detach().reshape(-1)
+            if not full and flat.numel() > sample:
+                flat = flat[:: max(1, flat.numel() // sample)][:sample]
+            digest.update(memoryview(flat.cpu().contiguous().view(torch.uint8).numpy()))
     return digest.hexdigest()
 
 

@@ -5,17 +5,22 @@ The default dtype (`dtype="auto"`) is bfloat16 on a CPU with native bf16 matrix 
 2.1-2.4x the fp32 matmul throughput on the AMD EPYC this project measures on, with embeddings at cosine 0.9999 to
 fp32, see `benchmarks/results/dtype_quality_cpu.md`), float32 on other CPUs (where bf16 is emulated and slower), and
 the checkpoint's own dtype on GPUs. Pooling, normalisation and the training losses stay in float32 in every case.
+
+`quantization="int8" | "int4"` quantizes the weights with torchao while loading (`grit_hf.quantization`);
+a checkpoint saved quantized loads quantized without it.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 
 import torch
 from transformers.utils import logging
 
 from ..modeling_gritlm import GritLMForCausalLM
+from ..quantization import check_quantization, model_quantization, quantize_lm_head, torchao_config
 
 logger = logging.get_logger(__name__)
 
@@ -56,11 +61,41 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype = "auto",
     revision: str | None = None,
+    quantization: str | None = None,
     **kwargs,
 ) -> GritLMForCausalLM:
     """A `GritLMForCausalLM` for `name` (see `resolve_checkpoint`) on `device` (default: CUDA if available, else
-    CPU), in `dtype` (see `resolve_dtype`), in eval mode. `kwargs` go to `from_pretrained`."""
+    CPU), in `dtype` (see `resolve_dtype`), in eval mode. `kwargs` go to `from_pretrained`.
+
+    `quantization`: `None` (the weights as saved), `"int8"` or `"int4"` (CPU only): see
+    `grit_hf.quantization`, and the README for what each costs in speed and accuracy. A checkpoint saved
+    quantized loads quantized; asking it for another quantization raises a `ValueError`."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = resolve_dtype(dtype, device)
+    quantization = check_quantization(quantization)
+    if quantization is not None:
+        if "quantization_config" in kwargs:
+            raise ValueError("Pass either `quantization` or `quantization_config`, not both.")
+        if quantization == "int4" and torch.device(device).type != "cpu":
+            raise ValueError(f"`quantization='int4'` uses torchao's CPU int4 layout, but `device` is {device!r}.")
+        if _saved_quantization(name, revision) is None:
+            kwargs["quantization_config"] = torchao_config(quantization)
     model = GritLMForCausalLM.from_pretrained(name, dtype=dtype, revision=revision, **kwargs)
+    if quantization is not None:
+        quantize_lm_head(model, quantization)
+        if (found := model_quantization(model)) != quantization:
+            raise ValueError(
+                f"{name!r} was saved quantized ({found}): it cannot load as `quantization`={quantization!r}."
+            )
     return model.to(device).eval()
+
+
+def _saved_quantization(name: str | os.PathLike, revision: str | None) -> dict | None:
+    """The `quantization_config` of the checkpoint `name`'s `config.json`, if it was saved quantized."""
+    from ..folders.resolve import resolve_checkpoint
+
+    config = resolve_checkpoint(name, revision=revision) / "config.json"
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("quantization_config")
+    except (OSError, ValueError):
+        return None

@@ -44,6 +44,7 @@ def _make_retriever(args: argparse.Namespace):
         is_causal=True if args.causal else None,
         device=args.device,
         dtype=args.dtype,
+        quantization=args.quantization,
         show_progress_bar=not args.no_progress,
     )
 
@@ -100,7 +101,9 @@ def _cmd_eval_rag(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     examples = read_rag_examples(args.data, question_template=args.question_template, limit=args.limit)
-    model = load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision)
+    model = load_model(
+        args.model, device=args.device, dtype=args.dtype, revision=args.revision, quantization=args.quantization
+    )
     rag = GritRAG(model, cache_attention=args.cache_attention, max_length=args.max_length)
     result = evaluate_rag_fidelity(
         rag,
@@ -127,7 +130,7 @@ def _cmd_eval_rag(args: argparse.Namespace) -> int:
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Add `grit-hf eval-retrieval` and `grit-hf eval-rag`."""
     from ..rag.prompts import CACHING_MODES, RAG_MODES
-    from .model_commands import add_model_arguments
+    from .model_commands import add_model_arguments, add_quantization_argument
 
     rag = subparsers.add_parser(
         "eval-rag",
@@ -209,6 +212,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         choices=["auto", "float32", "bfloat16", "float16"],
         help="weights dtype (default auto: bfloat16 on a CPU with native bf16, else float32; the checkpoint's on GPUs)",
     )
+    add_quantization_argument(parser)
     parser.add_argument("--output", default=None, help="also write the JSON result to this file")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=_cmd_eval_retrieval)

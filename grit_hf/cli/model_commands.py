@@ -6,11 +6,11 @@ import argparse
 import json
 import sys
 
-__all__ = ["add_parsers", "add_model_arguments"]
+__all__ = ["add_parsers", "add_model_arguments", "add_quantization_argument"]
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--model`, `--revision`, `--device`, `--dtype`, shared by every command that loads a model."""
+    """`--model`, `--revision`, `--device`, `--dtype`, `--quantization`, shared by every command that loads a model."""
     parser.add_argument(
         "--model", default="default", help="GRIT or stock checkpoint: a folder, a Hub name, or 'default'"
     )
@@ -22,12 +22,28 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "float32", "bfloat16", "float16"],
         help="weights dtype (default auto: bfloat16 on a CPU with native bf16, else float32; the checkpoint's on GPUs)",
     )
+    add_quantization_argument(parser)
+
+
+def add_quantization_argument(parser: argparse.ArgumentParser) -> None:
+    """`--quantization` (`grit_hf.load_model`'s `quantization`)."""
+    from ..quantization import QUANTIZATIONS
+
+    parser.add_argument(
+        "--quantization",
+        default=None,
+        choices=list(QUANTIZATIONS),
+        help="quantized weights (torchao): int4 (CPU; fastest decoding) or int8; default: the weights as saved "
+        "(the README says which settings are exact and which approximate)",
+    )
 
 
 def load_model_from_args(args: argparse.Namespace):
     from ..checkpoint.loading import load_model
 
-    return load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision)
+    return load_model(
+        args.model, device=args.device, dtype=args.dtype, revision=args.revision, quantization=args.quantization
+    )
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -105,6 +121,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         cache_attention=args.cache_attention,
         show_progress_bar=not args.no_progress,
         dtype=args.dtype,
+        quantization=args.quantization,
     )
 
 
@@ -156,5 +173,6 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     )
     demo.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     demo.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="weights dtype")
+    add_quantization_argument(demo)
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     demo.set_defaults(func=_cmd_demo)

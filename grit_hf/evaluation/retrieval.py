@@ -83,10 +83,11 @@ class GritRetriever:
         is_causal: bool | None = None,
         device: str | None = None,
         dtype: str | torch.dtype = "auto",
+        quantization: str | None = None,
         show_progress_bar: bool | None = None,
     ) -> None:
         if isinstance(model, (str, os.PathLike)):
-            model = load_model(model, device=device, dtype=dtype)
+            model = load_model(model, device=device, dtype=dtype, quantization=quantization)
         if not isinstance(model, GritLMPreTrainedModel):
             raise TypeError(f"`model` must be a GRIT model, a folder or 'default', got {type(model).__name__}.")
         self.model = model

@@ -46,6 +46,11 @@ def merge_adapter_checkpoint(base: Path, adapter_dir: Path, output_dir: Path) ->
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     config = GritLMConfig.from_pretrained(base)
+    if getattr(config, "quantization_config", None) is not None:
+        raise ValueError(
+            f"Merging an adapter needs dense weights, but {base} was saved quantized. Merge into its dense checkpoint, "
+            "then quantize when loading the result (`quantization=...`)."
+        )
     for key, value in adapter_settings(adapter_dir).items():
         setattr(config, key, value)
     config._check_grit_settings()

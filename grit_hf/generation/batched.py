@@ -66,10 +66,13 @@ class DecodeBatch:
         model: the `GritLMForCausalLM`.
         eos_ids: end tokens.
         pick: `pick(logits, temperature, top_p, sampler) -> token id`.
+        forward: the forward of a step (called under the model's lock; default `model.causal_lm_forward`, e.g. a
+            compiled one).
     """
 
-    def __init__(self, model, eos_ids: set[int], pick):
+    def __init__(self, model, eos_ids: set[int], pick, forward=None):
         self.model, self.eos_ids, self._pick = model, eos_ids, pick
+        self._step = model.causal_lm_forward if forward is None else forward
         self._cond = threading.Condition()
         self._joining: list[_Stream] = []
         self._streams: list[_Stream] = []
@@ -179,7 +182,7 @@ class DecodeBatch:
         cache = DynamicCache()
         cache.layers.extend(self._layers)
         with self.model.forward_lock:
-            logits = self.model.causal_lm_forward(
+            logits = self._step(
                 input_ids=torch.tensor(tokens, device=device)[:, None],
                 attention_mask=self._mask.to(device),
                 position_ids=torch.tensor(positions, device=device)[:, None],

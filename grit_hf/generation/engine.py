@@ -169,7 +169,10 @@ class Generator:
         model: a `GritLMForCausalLM` (its tokenizer is `model.tokenizer`).
         decode_cache: `"preallocated"` (default; appends without copying), `"dynamic"` (transformers'
             `DynamicCache`) or `"static"` (`StaticCache`, fixed shapes).
-        compile: with `decode_cache="static"` on CUDA, decode with a `torch.compile`d forward.
+        compile: decode with a `torch.compile`d forward: on CUDA with `decode_cache="static"` (CUDA graphs), on the
+            CPU with the preallocated cache (shapes marked dynamic: one graph for one stream, one for a batch). The
+            first steps compile (minutes on a small CPU); `benchmarks/results/decode_compile_cpu.md` says when it
+            pays.
         batch_decoding: decode concurrent streams together, one forward pass a step (`grit_hf.generation.batched`;
             for servers: one stream alone decodes as fast either way).
     """
@@ -179,8 +182,12 @@ class Generator:
     ):
         if decode_cache not in DECODE_CACHES:
             raise ValueError(f"Invalid `decode_cache`: {decode_cache!r}. Valid choices are: {DECODE_CACHES}.")
-        if compile and decode_cache != "static":
-            raise ValueError("`compile=True` needs `decode_cache='static'`.")
+        on_cuda = model.device.type == "cuda"
+        if compile and decode_cache != ("static" if on_cuda else "preallocated"):
+            raise ValueError(
+                "`compile=True` needs `decode_cache='static'` on CUDA and `decode_cache='preallocated'` on the CPU, "
+                f"got {decode_cache!r} on {model.device.type}."
+            )
         if not isinstance(batch_decoding, bool):
             raise TypeError(f"`batch_decoding` must be a bool, got {type(batch_decoding).__name__}.")
         if batch_decoding and decode_cache == "static":
@@ -197,7 +204,7 @@ class Generator:
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
         if self.tokenizer.eos_token_id is not None:
             self.eos_ids.add(self.tokenizer.eos_token_id)
-        self.batch = DecodeBatch(model, self.eos_ids, _pick) if batch_decoding else None
+        self.batch = DecodeBatch(model, self.eos_ids, _pick, self._step_forward) if batch_decoding else None
 
     @property
     def rotary_emb(self):
@@ -225,12 +232,20 @@ class Generator:
                 self._static_pool.setdefault(cache.layers[0].max_cache_len, []).append(cache)
 
     def _decode_forward(self):
-        """The forward of a decode step: compiled for the static cache on CUDA with `compile=True`."""
-        if not (self.compile and self.model.device.type == "cuda"):
-            return self.model
+        """The forward of a decode step, called under the model's lock: `causal_lm_forward`, compiled with
+        `compile=True` (compiled on first use)."""
+        if not self.compile:
+            return self.model.causal_lm_forward
         if self._compiled_forward is None:
-            self._compiled_forward = torch.compile(self.model.causal_lm_forward, mode="reduce-overhead")
+            if self.model.device.type == "cuda":
+                self._compiled_forward = torch.compile(self.model.causal_lm_forward, mode="reduce-overhead")
+            else:
+                self._compiled_forward = torch.compile(self.model.causal_lm_forward, dynamic=True)
         return self._compiled_forward
+
+    def _step_forward(self, **inputs):
+        """One decode step's forward (`_decode_forward`), for the batched loop."""
+        return self._decode_forward()(**inputs)
 
     # -- generation --------------------------------------------------------------------------------------------------
     def check_length(self, prompt_tokens: int, max_new_tokens: int) -> None:

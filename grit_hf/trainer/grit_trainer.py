@@ -18,6 +18,7 @@ from ..folders.adapters import ADAPTER_GRIT_CONFIG
 from ..folders.resolve import checkpoint_display_name
 from ..generation.recompute import Recompute
 from ..modeling_gritlm import GritLMForCausalLM, GritLMPreTrainedModel
+from ..quantization import check_not_quantized
 from ..rag.prompts import RAGPrompts
 from .cache_data import load_cache_dataset
 from .cache_loss import CacheStream
@@ -94,6 +95,7 @@ class GRITTrainer(SFTTrainer):
             raise TypeError(
                 f"`model` must be a grit-hf model (`GritLMForCausalLM`) or a path, got {type(model).__name__}."
             )
+        check_not_quantized(grit_model, "Training (GRITTrainer)")  # torchao weights (bitsandbytes QLoRA trains)
         if processing_class is None:
             processing_class = AutoTokenizer.from_pretrained(grit_model.name_or_path)
         if not isinstance(processing_class, PreTrainedTokenizerBase):

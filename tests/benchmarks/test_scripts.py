@@ -79,6 +79,11 @@ def test_benchmark_scripts_run_in_a_tiny_configuration(script, grit_checkpoint, 
             "12",
             "--steps",
             "2",
+            "--settings",
+            "bfloat16",
+            "int4",
+            "--bandwidth-mib",
+            "4",
         ]
     else:
         argv = ["--model", str(grit_checkpoint("llama")), "--batch-sizes", "4", "8", "--chunk-size", "2"]
@@ -87,7 +92,11 @@ def test_benchmark_scripts_run_in_a_tiny_configuration(script, grit_checkpoint, 
     if script == "decode_engine":
         assert all(row["same_tokens"] for row in report["rows"])  # both engines decode the same greedy tokens
     if script == "decode_profile":
-        assert len(report["points"]) == 4 and all(0 < p["operators_ms"] <= p["step_ms"] for p in report["points"])
+        assert len(report["points"]) == 4 and all(
+            p["operators_ms"] > 0 and p["bound_ms"] > 0 for p in report["points"]
+        )
+        dense, int4 = report["points"][0], report["points"][2]  # batch 1 of each setting
+        assert int4["weight_bytes"] < dense["weight_bytes"] / 3 and report["bandwidth_gb_s"]["1"]["triad"] > 0
     assert output.with_suffix(".md").is_file()
 
 
@@ -197,3 +206,29 @@ def test_rerank_benchmark_runs_on_a_tiny_model(grit_checkpoint, tmp_path):
     assert set(entry["quality"]["rows"]) == {"embedding retrieval", "+ likelihood", "+ permutation"}
     assert set(entry["time"]["methods"]) == {"likelihood", "permutation"}
     assert all(row["ndcg@10"] <= 1.0 for row in entry["quality"]["rows"].values())
+
+
+def test_quantization_quality_runs_on_a_tiny_model(grit_checkpoint, shared_data, tmp_path, monkeypatch):
+    """Quantized settings against bf16: retrieval, answers, fidelity and fingerprints, on a tiny model and a subset."""
+    pytest.importorskip("torchao")
+    monkeypatch.setenv("GRIT_HF_DATA", str(shared_data))
+    quality = load_benchmark("quantization_quality")
+    output = tmp_path / "quant"
+    argv = ["--model", str(grit_checkpoint("llama")), "--smoke", "--questions", "2", "--new-tokens", "3"]
+    assert quality.main([*argv, "--output", str(output)]) == 0
+    report = json.loads(output.with_suffix(".json").read_text())
+    rows = report["settings"]
+    assert set(rows) == {"bfloat16", "int8", "int4"} and report["reference"] == "bfloat16"
+    assert rows["int4"]["weight_bytes"] < rows["int8"]["weight_bytes"] < rows["bfloat16"]["weight_bytes"]
+    assert rows["int4"]["fingerprint_differs"] and rows["int8"]["fingerprint_differs"]
+    assert 0.5 < rows["int4"]["cosine_min"] <= rows["int4"]["cosine_mean"] <= 1 + 1e-6
+    assert rows["int8"]["plain_vs_reference"]["identical"].endswith("/2")
+
+
+def test_prefill_attention_benchmark_compares_an_attention_equal_to_sdpa(tmp_path):
+    """The blocked matmul attention the benchmark times computes sdpa's attention (bf16 rounding apart)."""
+    bench = load_benchmark("prefill_attention")
+    assert bench.main(["--shapes", "2x40", "--repeats", "1", "--output", str(tmp_path / "attn")]) == 0
+    rows = json.loads((tmp_path / "attn.json").read_text())["rows"]
+    assert [r["attention"] for r in rows] == ["bidirectional, padded", "causal"]
+    assert all(r["max_abs_diff"] < 0.05 for r in rows)  # outputs are averages of N(0, 1) values, in bf16

@@ -79,6 +79,20 @@ def test_generate_prints_the_stock_models_greedy_answer(stock_checkpoint, grit_c
     assert capsys.readouterr().out.strip() == expected
 
 
+def test_generate_loads_the_model_with_the_quantization_flag(grit_checkpoint, monkeypatch, capsys):
+    pytest.importorskip("torchao")
+    from grit_hf.quantization import model_quantization
+
+    seen = []
+    chat_module = sys.modules["grit_hf.generation.chat"]  # the package exports the function under the same name
+    monkeypatch.setattr(chat_module, "chat", lambda model, *a, **k: seen.append(model_quantization(model)))
+    argv = ["generate", "hi", "--model", str(grit_checkpoint("llama")), "--dtype", "bfloat16", "--quantization"]
+    assert main([*argv, "int8"]) == 0 and seen == ["int8"]
+    with pytest.raises(SystemExit):
+        main([*argv, "int2"])
+    assert "invalid choice: 'int2'" in capsys.readouterr().err
+
+
 def test_unknown_arguments_are_rejected(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "hi", "--bogus"])

@@ -32,6 +32,27 @@ def test_model_object_shares_one_instance(fresh_path):
     assert shared is not get_shared(fresh_path)  # another object, another instance
 
 
+def test_a_quantized_model_object_embeds_and_chats(fresh_path, docs):
+    """Quantized weights reach the integrations as a loaded model (`grit_hf.load_model(..., quantization=...)`):
+    embeddings and chat share it, and the answer is the model's own greedy answer."""
+    pytest.importorskip("torchao")
+    from grit_hf import load_model
+    from grit_hf.quantization import model_quantization
+    from grit_hf.rag import release_shared
+
+    model = load_model(fresh_path, device="cpu", dtype="bfloat16", quantization="int4")
+    try:
+        embeddings, llm = GritLMEmbeddings(model=model), ChatGritLM(model=model, max_tokens=6)
+        assert embeddings.shared is llm.shared and model_quantization(llm.shared.model) == "int4"
+        vectors = np.array(embeddings.embed_documents(docs[:2]))
+        np.testing.assert_allclose(vectors, model.encode(docs[:2]), rtol=0, atol=1e-6)
+        message = llm.invoke("Where is Paris?")
+        prompt = llm.shared.render_chat([{"role": "user", "content": "Where is Paris?"}])
+        assert message.content == llm.shared.generate(prompt, max_new_tokens=6, reuse_cache=False).text
+    finally:
+        release_shared(model)
+
+
 def test_embed_documents_caches_states(fresh_path, docs):
     embeddings = GritLMEmbeddings(model=fresh_path)
     vectors = np.array(embeddings.embed_documents(docs + docs[:1]))

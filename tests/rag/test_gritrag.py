@@ -422,7 +422,7 @@ def test_input_errors(causal_rag, model):
     with pytest.raises(TypeError, match="`stop`"):
         causal_rag.answer(QUERY, stop=[""])
     with pytest.raises(ValueError, match="`compile=True`"):
-        GritRAG(model, compile=True)
+        GritRAG(model, compile=True, decode_cache="dynamic")
 
 
 # -- prompts ---------------------------------------------------------------------------------------------------------

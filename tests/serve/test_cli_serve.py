@@ -104,3 +104,19 @@ def test_the_recompute_flag_reaches_the_answers_and_their_usage(tiny_model):
         assert plain.json()["usage"]["prompt_tokens"] == usage["prompt_tokens"]  # the same token ids, read as text
     finally:
         running.stop()
+
+
+def test_quantization_flag_reaches_the_served_model(grit_checkpoint):
+    """`--quantization int4` loads the served model quantized (the same load path as `--dtype`)."""
+    pytest.importorskip("torchao")
+    from grit_hf.quantization import model_quantization
+    from grit_hf.rag import release_shared
+
+    argv = ["serve", "--model", str(grit_checkpoint("llama")), "--quantization", "int4", "--dtype", "bfloat16"]
+    server = build_server(make_parser().parse_args(argv))
+    state = server.config.app.state.grit
+    try:
+        assert model_quantization(state.rag.model) == "int4"
+    finally:
+        state.close()
+        release_shared(state.rag.model)
