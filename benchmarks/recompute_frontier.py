@@ -26,7 +26,7 @@ import torch
 from rag_latency import text_of_tokens
 from report import command_line, data_folder, environment, write_report
 
-RULES = ("deviation", "head", "tail", "random")
+RULES = ("deviation", "head", "tail", "ends", "random")
 AMOUNTS = (0.0, 0.05, 0.1, 0.15, 0.3, 0.5, 1.0)
 QUERY = "What does the document say about the Seine?"
 

@@ -37,6 +37,7 @@ def run_demo(
     show_progress_bar: bool = True,
     dtype: str = "auto",
     quantization: str | None = None,
+    recompute: str | None = None,
 ) -> int:
     """Embed the bundled documents, retrieve the best one for `question` and answer it twice: re-reading the document
     text (plain RAG) and reusing its cached key/value states (doc caching). Prints each step and its time.
@@ -44,7 +45,8 @@ def run_demo(
     `cache_attention=None` follows the checkpoint (`config.cache_attention`): a checkpoint trained with the cache loss
     answers from the embedding pass's own states (bidirectional: one pass per document); any other caches causal
     states (exact, one extra pass while indexing). `dtype` and `quantization` as `grit_hf.load_model` takes them
-    (`"auto"`: bfloat16 on a CPU with native bf16; `None`: the weights as saved).
+    (`"auto"`: bfloat16 on a CPU with native bf16; `None`: the weights as saved). `recompute`: the selective
+    recomputation of bidirectional cached states (`GritRAG`'s; `None`: the checkpoint's `cache_recompute`).
     """
     from .checkpoint.loading import load_model
     from .folders.resolve import resolve_checkpoint
@@ -63,7 +65,7 @@ def run_demo(
     )
 
     documents = load_demo_documents()
-    rag = GritRAG(grit, query_instruction=INSTRUCTION, cache_attention=cache_attention)
+    rag = GritRAG(grit, query_instruction=INSTRUCTION, cache_attention=cache_attention, recompute=recompute)
     cache_attention = rag.cache_attention
     rag.add_documents(
         [d["text"] for d in documents], ids=[d["id"] for d in documents], show_progress_bar=show_progress_bar

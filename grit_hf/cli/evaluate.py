@@ -130,7 +130,7 @@ def _cmd_eval_rag(args: argparse.Namespace) -> int:
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Add `grit-hf eval-retrieval` and `grit-hf eval-rag`."""
     from ..rag.prompts import CACHING_MODES, RAG_MODES
-    from .model_commands import add_model_arguments, add_quantization_argument
+    from .model_commands import add_model_arguments, add_quantization_argument, add_recompute_argument
 
     rag = subparsers.add_parser(
         "eval-rag",
@@ -141,13 +141,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "--data", required=True, help="a .jsonl of {documents, question, answer?} records, or a retrieval folder"
     )
     rag.add_argument("--modes", nargs="+", default=list(CACHING_MODES), choices=list(RAG_MODES))
-    rag.add_argument(
-        "--recompute",
-        nargs="+",
-        default=None,
-        help="selective recomputation settings of the caching modes, each a run: RULE:AMOUNT (deviation, head, tail, "
-        "random; e.g. deviation:0.15 head:8) or none (default: the checkpoint's cache_recompute)",
-    )
+    add_recompute_argument(rag, several=True)
     rag.add_argument(
         "--cache-attention",
         default=None,

@@ -38,6 +38,19 @@ def add_quantization_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_recompute_argument(parser, several: bool = False) -> None:
+    """`--recompute`: selective recomputation of bidirectional cached states (`grit_hf.generation.recompute`);
+    `several`: a list of settings, each a run (`grit-hf eval-rag`)."""
+    parser.add_argument(
+        "--recompute",
+        nargs="+" if several else None,
+        default=None,
+        help="selective recomputation of bidirectional cached states, RULE:AMOUNT (deviation, head, tail, ends, random; "
+        "e.g. head:0.1 or head:8)" + (", each a run," if several else "") + " or none (default: the checkpoint's "
+        "cache_recompute)",
+    )
+
+
 def load_model_from_args(args: argparse.Namespace):
     from ..checkpoint.loading import load_model
 
@@ -122,6 +135,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         show_progress_bar=not args.no_progress,
         dtype=args.dtype,
         quantization=args.quantization,
+        recompute=args.recompute,
     )
 
 
@@ -174,5 +188,6 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     demo.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="weights dtype")
     add_quantization_argument(demo)
+    add_recompute_argument(demo)
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     demo.set_defaults(func=_cmd_demo)

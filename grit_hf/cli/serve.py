@@ -23,7 +23,7 @@ logger = logging.getLogger("grit_hf.serve")
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the `serve` command."""
     from ..serve.limits import Limits
-    from .model_commands import add_model_arguments
+    from .model_commands import add_model_arguments, add_recompute_argument
 
     parser = subparsers.add_parser(
         "serve",
@@ -60,12 +60,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="keep states on disk here (the memory store fronts it; with --index: the states of documents added here)",
     )
     store.add_argument("--cache-attention", choices=["causal", "bidirectional"], default=None)
-    store.add_argument(
-        "--recompute",
-        default=None,
-        help="selective recomputation of bidirectional cached states, RULE:AMOUNT (deviation, head, tail, random; "
-        "e.g. head:0.1) or none (default: the checkpoint's cache_recompute)",
-    )
+    add_recompute_argument(store)
     store.add_argument(
         "--decode-cache",
         choices=["preallocated", "dynamic", "static"],

@@ -38,7 +38,7 @@ __all__ = [
 ]  # fmt: skip
 
 
-RECOMPUTE_RULES = ("deviation", "head", "tail", "random")
+RECOMPUTE_RULES = ("deviation", "head", "tail", "ends", "random")
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Recompute:
 
     Attributes:
         amount: a fraction of each part's positions (float in [0, 1]) or a count per part (int >= 0).
-        rule: `"deviation"`, `"head"`, `"tail"` or `"random"`.
+        rule: `"deviation"`, `"head"`, `"tail"`, `"ends"` (half at the head, half at the tail) or `"random"`.
         seed: the seed of `"random"`.
         layer: the layer whose values `"deviation"` compares.
     """
@@ -110,6 +110,9 @@ class Recompute:
             chosen = torch.arange(k).expand(batch, -1)
         elif self.rule == "tail":
             chosen = torch.arange(length - k, length).expand(batch, -1)
+        elif self.rule == "ends":
+            head = (k + 1) // 2
+            chosen = torch.cat([torch.arange(head), torch.arange(length - (k - head), length)]).expand(batch, -1)
         elif self.rule == "random":
             generator = torch.Generator().manual_seed(self.seed)
             chosen = torch.stack([torch.randperm(length, generator=generator)[:k] for _ in range(batch)])

@@ -12,7 +12,11 @@ fraction of its cost. The rules (KV-reuse work starts from causal chunks; here t
   differs;
 - `"head"` (EPIC's LegoLink): the first positions of each cached part: its template first (`<|embed|>\\n`), which
   every later position attends to as a sink;
-- `"tail"`: the last positions (a check);
+- `"tail"`: the last positions (a check: alone, it leaves the template's states bidirectional);
+- `"ends"`: half at the head (the template first), half at the tail: the head repairs the sink every position
+  attends to, the tail the positions the question reads first (the default model answered "The Eiffel Tower is
+  324.29 meters tall." with `head:0.2` and with `head:0.9`, and "The Eiffel Tower is 330 metres tall.", as plain RAG
+  does, with `ends:0.15`);
 - `"random"`: a seeded random choice (the control).
 
 `amount` is a fraction of each cached part's positions (a float in [0, 1]) or a count per part (an int). A rule is

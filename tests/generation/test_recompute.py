@@ -137,6 +137,8 @@ def test_the_eager_attention_takes_the_same_mask(stock_checkpoint):
 def test_rules_choose_their_positions(rag):
     assert Recompute(3, "head").choose(10, 2).tolist() == [[0, 1, 2]] * 2
     assert Recompute(0.3, "tail").choose(10, 1).tolist() == [[7, 8, 9]]
+    assert Recompute(5, "ends").choose(10, 2).tolist() == [[0, 1, 2, 8, 9]] * 2  # the odd one at the head
+    assert Recompute(1.0, "ends").choose(4, 1).tolist() == [[0, 1, 2, 3]]
     first = Recompute(4, "random", seed=5).choose(20, 1)
     assert torch.equal(first, Recompute(4, "random", seed=5).choose(20, 1)) and len(set(first[0].tolist())) == 4
     deviation = torch.tensor([[0.0, 5.0, 1.0, 9.0, 2.0]])
