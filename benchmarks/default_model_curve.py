@@ -152,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=None, help="with --watch: stop after this step")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
-        "--start-adapter", type=Path, default=None, help="step 0 is this adapter (a run that starts from one), not the base"
+        "--start-adapter",
+        type=Path,
+        default=None,
+        help="step 0 is this adapter (a run that starts from one), not the base",
     )
     parser.add_argument(
         "--recompute", default=None, help="doc caching's selective recomputation at every point (default: as recorded)"

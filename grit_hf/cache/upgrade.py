@@ -38,7 +38,6 @@ class UpgradeReport:
     skipped: dict[str, str]
 
 
-
 def upgrade_store(store: DiskKVStore) -> UpgradeReport:
     """Upgrade the old-format entries of `store` (a local folder; see the module docstring)."""
     if store._fs is not None:

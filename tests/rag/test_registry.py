@@ -192,7 +192,9 @@ def test_embed_queries(path, stock_checkpoint):
         expected = reference.encode(["capital", "Paris is in France."], instruction=prefix)
         np.testing.assert_allclose(ours, expected, atol=PARITY, rtol=0)
     documents = shared.embed(["capital"], instruction="").numpy()
-    np.testing.assert_allclose(documents, reference.encode(["capital"], instruction=config.document_template), atol=PARITY)
+    np.testing.assert_allclose(
+        documents, reference.encode(["capital"], instruction=config.document_template), atol=PARITY
+    )
 
 
 def test_aiter_in_thread():
