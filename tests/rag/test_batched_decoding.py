@@ -80,6 +80,8 @@ def test_decode_steps_of_concurrent_streams_share_forward_passes(rags, model, mo
     _, batched = rags
     sizes, rows = [], []
     real, batch = model.causal_lm_forward, batched.generator.batch
+    assert not batch.invariant  # fp32: no shadow row (it would not make fp32 rows invariant)
+    monkeypatch.setattr(batch, "invariant", True)  # the bf16 mechanism, on this fp32 model
 
     def counting(*args, **kwargs):
         ids = kwargs.get("input_ids")
