@@ -30,7 +30,12 @@ def test_demo_answers_from_the_embedding_pass_states_of_the_shipped_model(defaul
         assert "from causal cached states" in cached
     else:
         assert "kept the key/value states of that same pass" in out
-        assert "from the embedding pass's own states" in cached and "330" in cached
+        assert "from the embedding pass's own states" in cached
+        # the shipped recompute setting (the adapter's `cache_recompute`): some states recomputed, the rest reused,
+        # and the answer a correct sentence about the right subject, as plain RAG's is
+        assert "recomputed causally" in cached
+        answer = cached.rsplit(": ", 1)[1]
+        assert "Eiffel Tower" in answer and "330 metres" in answer, answer
 
 
 def test_demo_with_causal_states_in_float32_answers_as_plain_rag(default_model_dir, capsys):
