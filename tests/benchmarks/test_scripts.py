@@ -62,7 +62,9 @@ def test_rag_latency_runs_on_a_tiny_model_and_reports_fidelity(grit_checkpoint, 
     assert "token F1 / exact match" in output.with_suffix(".md").read_text()
 
 
-@pytest.mark.parametrize("script", ["decode_engine", "gradcache_memory", "decode_profile"])
+@pytest.mark.parametrize(
+    "script", ["decode_engine", pytest.param("gradcache_memory", marks=pytest.mark.slow), "decode_profile"]
+)
 def test_benchmark_scripts_run_in_a_tiny_configuration(script, grit_checkpoint, tmp_path):
     module = load_benchmark(script)
     output = tmp_path / script
