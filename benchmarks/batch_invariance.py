@@ -84,16 +84,11 @@ def _step_inputs(model, texts: list[str]) -> dict[str, list]:
 
     attention_module._decode_attention = spy  # the step runs row by row; the rows are compared in `attention_rows`
     try:
-        from grit_hf.generation.batched import DecodeBatch, _Stream
+        from grit_hf.generation.batched import DecodeBatch
 
         batch = DecodeBatch(model, set(), None)
-        streams = []
+        streams = _prefilled_streams(model, texts)
         with torch.inference_mode():
-            for text in texts:
-                ids = model.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
-                out = model.causal_lm_forward(input_ids=ids, use_cache=True, logits_to_keep=1)
-                layers = [(layer.keys, layer.values) for layer in out.cache.layers]
-                streams.append(_Stream(out.logits[0, -1], ids.shape[1], None, None, layers, None))
             captured.clear()
             batch._join(streams)
             batch._forward([int(s.logits.argmax()) for s in streams])
@@ -102,6 +97,20 @@ def _step_inputs(model, texts: list[str]) -> dict[str, list]:
         for hook in hooks:
             hook.remove()
     return captured
+
+
+def _prefilled_streams(model, texts: list[str]) -> list:
+    """A decode-batch stream per text: its prompt's states and last logits (what the batch receives from a prefill)."""
+    from grit_hf.generation.batched import _Stream
+
+    streams = []
+    with torch.inference_mode():
+        for text in texts:
+            ids = model.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+            out = model.causal_lm_forward(input_ids=ids, use_cache=True, logits_to_keep=1)
+            layers = [(layer.keys, layer.values) for layer in out.cache.layers]
+            streams.append(_Stream(out.logits[0, -1], ids.shape[1], None, None, layers, None))
+    return streams
 
 
 def linear_rows(captured: dict) -> dict[str, dict]:
@@ -177,17 +186,12 @@ class _Variant:
 def decode_tokens_per_s(model, texts: list[str], steps: int, runs: int, invariant: bool) -> float:
     """Tokens per CPU second of `steps` decode steps of `len(texts)` streams decoded together in a `DecodeBatch` of
     its own, in this thread (one torch thread; the prefills not timed), best of `runs`."""
-    from grit_hf.generation.batched import DecodeBatch, _Stream
+    from grit_hf.generation.batched import DecodeBatch
 
     best = float("inf")
     for _ in range(runs):
-        streams = []
+        streams = _prefilled_streams(model, texts)
         with torch.inference_mode():
-            for text in texts:
-                ids = model.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
-                out = model.causal_lm_forward(input_ids=ids, use_cache=True, logits_to_keep=1)
-                layers = [(layer.keys, layer.values) for layer in out.cache.layers]
-                streams.append(_Stream(out.logits[0, -1], ids.shape[1], None, None, layers, None))
             batch = DecodeBatch(model, set(), None)
             batch.invariant = invariant
             batch._join(streams)

@@ -19,7 +19,7 @@ import tempfile
 import time
 
 from decode_profile import SETTINGS
-from report import command_line, environment, write_report
+from report import command_line, environment, load_average, write_report
 
 __all__ = ["main"]
 
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(_worker(args)))
         return 0
-    start_load = tuple(round(v, 2) for v in os.getloadavg())
+    start_load = load_average()
     rows = []
     for setting in args.settings:
         with tempfile.TemporaryDirectory(prefix="inductor-") as cache_dir:
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(row, flush=True)
     report = {
         **environment("transformers", "torchao"), "threads": args.threads, "rows": rows,
-        "load_average": {"start": start_load, "end": tuple(round(v, 2) for v in os.getloadavg())},
+        "load_average": {"start": start_load, "end": load_average()},
         "command": command_line(__file__, argv),
     }  # fmt: skip
     write_report(args.output, report, _markdown(report))

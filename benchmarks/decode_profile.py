@@ -15,12 +15,11 @@ Each point decodes `--steps` tokens after a prompt of `--prompt-tokens` tokens, 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
 import torch
-from report import command_line, environment, write_report
+from report import command_line, environment, load_average, write_report
 
 __all__ = ["main", "SETTINGS", "memory_bandwidth"]
 
@@ -159,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     from grit_hf import load_model
     from grit_hf.quantization import weight_bytes
 
-    start_load = tuple(round(v, 2) for v in os.getloadavg())
+    start_load = load_average()
     bandwidth = {str(threads): memory_bandwidth(threads, args.bandwidth_mib) for threads in (1, 2)}
     reference = max(bandwidth[str(min(args.threads, 2))].values())
     torch.set_num_threads(args.threads)
@@ -179,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         **environment("transformers", "torchao"), "threads": args.threads, "points": points,
         "bandwidth_gb_s": bandwidth, "reference_gb_s": reference, "bandwidth_mib": args.bandwidth_mib,
-        "load_average": {"start": start_load, "end": tuple(round(v, 2) for v in os.getloadavg())},
+        "load_average": {"start": start_load, "end": load_average()},
         "command": command_line(__file__, argv),
     }  # fmt: skip
     write_report(args.output, report, _markdown(report))

@@ -12,11 +12,10 @@ head size), the blocked version's largest |difference| to sdpa, and the time of 
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import torch
-from report import command_line, environment, write_report
+from report import command_line, environment, load_average, write_report
 
 __all__ = ["blocked_attention", "main"]
 
@@ -119,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    start_load = tuple(round(v, 2) for v in os.getloadavg())
+    start_load = load_average()
     rows = []
     for shape in args.shapes:
         batch, length = map(int, shape.split("x"))
@@ -127,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         print(rows[-2:], flush=True)
     report = {
         **environment(), "threads": args.threads, "rows": rows, "command": command_line(__file__, argv),
-        "load_average": {"start": start_load, "end": tuple(round(v, 2) for v in os.getloadavg())},
+        "load_average": {"start": start_load, "end": load_average()},
     }  # fmt: skip
     write_report(args.output, report, _markdown(report))
     return 0

@@ -15,14 +15,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 
 import torch
 from decode_profile import SETTINGS
 from dtype_quality import _retrieval
 from grit_finetune_smollm2 import retrieval_data
-from report import command_line, data_folder, environment, write_report
+from report import command_line, data_folder, environment, load_average, write_report
 
 __all__ = ["main"]
 
@@ -110,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     from grit_hf.records.rag_examples import read_rag_examples
 
     torch.set_num_threads(args.threads)
-    start_load = tuple(round(v, 2) for v in os.getloadavg())
+    start_load = load_average()
     path = resolve_checkpoint(args.model)
     data = retrieval_data(*((20, 40) if args.smoke else (None, None)), seed=0)
     examples = read_rag_examples(data_folder() / "manpages" / "eval", limit=args.questions)
@@ -140,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         **environment("transformers", "torchao"), "threads": args.threads, "reference": reference,
         "questions": len(examples), "new_tokens": args.new_tokens, "max_length": args.max_length,
         "texts": len(embeddings[reference]), "settings": rows,
-        "load_average": {"start": start_load, "end": tuple(round(v, 2) for v in os.getloadavg())},
+        "load_average": {"start": start_load, "end": load_average()},
         "command": command_line(__file__, argv),
     }  # fmt: skip
     write_report(args.output, report, _markdown(report))

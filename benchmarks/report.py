@@ -60,6 +60,11 @@ def environment(*packages: str) -> dict:
     }
 
 
+def load_average() -> tuple[float, float, float]:
+    """The 1, 5 and 15 minute load averages, rounded (recorded at a run's start and end: a busy machine shows)."""
+    return tuple(round(v, 2) for v in os.getloadavg())
+
+
 def command_line(script: str, argv: list[str] | None = None) -> str:
     """How a benchmark was run, for its report: `python benchmarks/NAME.py ARGS`, quoted for a shell (`argv`, else
     the process's own arguments)."""
