@@ -16,34 +16,30 @@ from __future__ import annotations
 import logging
 
 
-class _DropKnownNoise(logging.Filter):
-    def __init__(self, cuda_only_libraries: bool, enum_constants: bool) -> None:
-        super().__init__()
-        self.cuda_only_libraries = cuda_only_libraries
-        self.enum_constants = enum_constants
+def _not_a_cuda_only_library_failure(record: logging.LogRecord) -> bool:
+    """torchao's "Failed to load" of a CUDA-only kernel library, dropped where there is no CUDA (with CUDA it is news)."""
+    message = record.getMessage()
+    if message.startswith("Failed to load") and ("_C_mxfp8" in message or "cutlass" in message):
+        import torch
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if (
-            self.cuda_only_libraries
-            and message.startswith("Failed to load")
-            and ("_C_mxfp8" in message or "cutlass" in message)
-        ):
-            import torch
+        return torch.cuda.is_available()
+    return True
 
-            return torch.cuda.is_available()  # with CUDA a failed load is news
-        if self.enum_constants and "is an Enum subclass" in message:
-            enum = record.args[0] if isinstance(record.args, tuple) and record.args else None
-            return not getattr(enum, "__module__", "").startswith("torchao")
+
+def _not_a_torchao_enum_constant(record: logging.LogRecord) -> bool:
+    """torch's deprecation of `register_constant` on an Enum, dropped when the Enum is torchao's."""
+    if "is an Enum subclass" not in record.getMessage():
         return True
+    enum = record.args[0] if isinstance(record.args, tuple) and record.args else None
+    return not getattr(enum, "__module__", "").startswith("torchao")
 
 
 def quiet_optional_backend_imports() -> None:
     """Install the filters (idempotent)."""
     for name, filter_ in (
-        ("torchao", _DropKnownNoise(cuda_only_libraries=True, enum_constants=False)),
-        ("torch.utils._pytree", _DropKnownNoise(cuda_only_libraries=False, enum_constants=True)),
+        ("torchao", _not_a_cuda_only_library_failure),
+        ("torch.utils._pytree", _not_a_torchao_enum_constant),
     ):
         logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropKnownNoise) for f in logger.filters):
+        if filter_ not in logger.filters:
             logger.addFilter(filter_)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-__all__ = ["add_parsers", "add_model_arguments", "add_quantization_argument"]
+__all__ = ["add_parsers", "add_model_arguments", "add_quantization_argument", "add_recompute_argument"]
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
