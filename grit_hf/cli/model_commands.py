@@ -38,12 +38,24 @@ def add_quantization_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _recompute_setting(text: str) -> str:
+    """`--recompute` checked when the command line is read (a usage error, not a traceback after loading)."""
+    from ..generation.plan import Recompute
+
+    try:
+        Recompute.parse(text)
+    except (TypeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def add_recompute_argument(parser, several: bool = False) -> None:
     """`--recompute`: selective recomputation of bidirectional cached states (`grit_hf.generation.recompute`);
     `several`: a list of settings, each a run (`grit-hf eval-rag`)."""
     parser.add_argument(
         "--recompute",
         nargs="+" if several else None,
+        type=_recompute_setting,
         default=None,
         help="selective recomputation of bidirectional cached states, RULE:AMOUNT (deviation, head, tail, ends, random; "
         "e.g. head:0.1 or head:8)" + (", each a run," if several else "") + " or none (default: the checkpoint's "

@@ -141,3 +141,12 @@ def test_convert_options_from_the_command_line(stock_checkpoint, tmp_path, capsy
     assert "Wrote a GRIT checkpoint" in capsys.readouterr().out
     with pytest.raises(ValueError, match="must contain '\\{instruction\\}'"):
         main(["convert", str(stock_checkpoint("llama")), str(tmp_path / "bad"), "--query-template", "no placeholder"])
+
+
+@pytest.mark.parametrize("command", [["demo"], ["eval-rag", "--data", "x"], ["serve"]])
+def test_a_bad_recompute_setting_is_a_usage_error(command, capsys):
+    """`--recompute` is checked when the command line is read: exit 2 with the setting's error, before any model loads."""
+    with pytest.raises(SystemExit) as raised:
+        main([*command, "--recompute", "ends:2.0"])
+    assert raised.value.code == 2
+    assert "argument --recompute: Recompute `amount` must be a float in [0, 1]" in capsys.readouterr().err
